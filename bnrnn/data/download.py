@@ -1,0 +1,112 @@
+"""Fetch and verify dataset files: the one place where bnrnn touches the network.
+
+Every dataset module describes its files as :class:`RemoteFile` (name, URL, MD5) and calls
+:func:`fetch`, which
+
+1. uses ``root/<name>`` when the user pointed ``data.root`` at a local copy,
+2. otherwise uses ``cache_dir/<name>``, downloading it first if it is missing,
+3. verifies the MD5 in both cases, and
+4. raises :class:`DataError` with the file, the expected and actual checksum and the fix.
+
+Downloads go to a temporary file that is renamed only after the checksum matched, so an
+interrupted download never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing, corrupt or cannot be downloaded; the message says the fix."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str  # file name inside the dataset directory
+    url: str
+    md5: str
+
+
+def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256sum(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path, md5: str, *, hint: str) -> Path:
+    """Return ``path`` if its MD5 is ``md5``; else raise :class:`DataError` naming both sums."""
+    actual = md5sum(path)
+    if actual != md5:
+        raise DataError(
+            f"checksum mismatch for {path}: expected md5 {md5}, got {actual}. "
+            f"The file is corrupt or a different version. {hint}"
+        )
+    return path
+
+
+def download(url: str, dest: Path, md5: str, *, hint: str, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` atomically (temp file + rename) and verify its MD5."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out)
+        actual = md5sum(tmp)
+        if actual != md5:
+            raise DataError(
+                f"checksum mismatch for {dest.name} downloaded from {url}: expected md5 {md5}, "
+                f"got {actual}. {hint}"
+            )
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise DataError(f"could not download {dest.name} from {url} ({e}). {hint}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def fetch(
+    file: RemoteFile,
+    *,
+    root: str | Path | None,
+    cache_dir: str | Path,
+    download_ok: bool = True,
+    root_key: str = "data.root",
+) -> Path:
+    """Return a verified local path for ``file`` (see the module docstring for the order)."""
+    hint = (
+        f"Point {root_key} at a directory holding a verified copy of {file.name} "
+        f"(e.g. {root_key}=../shared/data/<dataset>), or delete the file to download it again."
+    )
+    if root is not None:
+        path = Path(root).expanduser() / file.name
+        if not path.is_file():
+            raise DataError(
+                f"missing dataset file {path} ({root_key}={root}). Put {file.name} there "
+                f"(md5 {file.md5}), or unset {root_key} to download it from {file.url}."
+            )
+        return verify(path, file.md5, hint=hint)
+    path = Path(cache_dir).expanduser() / file.name
+    if path.is_file():
+        return verify(path, file.md5, hint=hint)
+    if not download_ok:
+        raise DataError(f"missing dataset file {path} and downloads are disabled. {hint}")
+    return download(file.url, path, file.md5, hint=hint)

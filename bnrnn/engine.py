@@ -1,0 +1,301 @@
+"""The training loop: one ``Trainer`` for every experiment (PTB word/char, speech).
+
+The loop knows nothing about language models or speech. It asks the *data* object for
+batches and the *model* for a :class:`StepOutput` per batch:
+
+- ``data.batches(split, epoch)`` yields batches (tuples of tensors), ``data.num_batches(split)``
+  counts them, ``data.stateful`` says whether the recurrent state is carried from one batch to
+  the next (PTB's BPTT windows) — it is then reset at each epoch and before each evaluation;
+- ``model(batch, state) -> StepOutput`` and ``model.metrics(totals) -> dict`` turn summed
+  losses into perplexity, bits per character or frame error rate; ``model.selection`` names the
+  validation metric that picks the best epoch (lower is better).
+
+Each epoch appends one line to ``metrics.jsonl``, saves ``checkpoints/last.pt`` (and
+``checkpoints/best.pt`` when validation improves) and rewrites ``final.json``; every write is
+atomic. A non-finite loss ends the run with status ``diverged``; an interrupt with
+``interrupted``. ``resume`` continues from ``last.pt`` and reproduces the uninterrupted run.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from bnrnn import checkpoint
+from bnrnn.io import git_revision, hardware, read_jsonl, write_json, write_jsonl
+
+
+@dataclass
+class StepOutput:
+    """What a model returns for one batch.
+
+    objective: the scalar to back-propagate (its scaling is the model's convention, e.g. NLL
+        summed over time and averaged over the batch for Zaremba's PTB protocol).
+    loss_sum: the summed per-unit loss (detached), over ``count`` units (tokens, characters,
+        frames); metrics are always unit-weighted: ``loss = Σ loss_sum / Σ count``.
+    sums: further additive statistics (e.g. ``{"errors": n}`` for frame error rate).
+    state: the recurrent state to carry to the next batch (detached), or None.
+    """
+
+    objective: Tensor
+    loss_sum: Tensor
+    count: int
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    state: Any = None
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int
+    clip_grad_norm: float | None = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    eval_splits: tuple[str, ...] = ("valid",)
+    test_split: str | None = "test"
+    check_every: int = 50  # steps between finiteness checks / progress updates (each syncs)
+    stop_after_epochs: int | None = None  # simulate an interruption (tests, time-boxed runs)
+    reestimate_batches: int = 0  # >0: re-estimate BN population statistics (Cooijmans) first
+    progress: bool = True
+    protocol_epochs: int | None = None  # the paper's epoch count; fewer completed = shortened
+
+
+def _to(batch, device):
+    return tree_map(lambda x: x.to(device, non_blocking=True) if isinstance(x, Tensor) else x, batch)
+
+
+class Trainer:
+    def __init__(self, *, model: nn.Module, data, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, config: TrainerConfig,
+                 run_dir: str | Path, device: torch.device, logger=None,
+                 info: dict | None = None, resolved_config: dict | None = None):
+        self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
+        self.cfg, self.device, self.logger = config, device, logger
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.info = dict(info or {})
+        self.resolved_config = resolved_config or {}
+        self.epoch, self.step = 0, 0
+        self.best: dict | None = None  # the metrics row of the best epoch
+        self.history: list[dict] = []
+        self.elapsed = 0.0  # training wall time over all (resumed) segments
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": self.best,
+            "elapsed": self.elapsed,
+            "rng": checkpoint.rng_state(),
+            "config": self.resolved_config,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best, self.elapsed = state["best"], state["elapsed"]
+        checkpoint.set_rng_state(state["rng"])
+
+    def try_resume(self) -> bool:
+        """Continue from ``checkpoints/last.pt`` if there is one; metrics written after it go."""
+        state = checkpoint.load(self.ckpt_dir / "last.pt", self.device)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
+        write_jsonl(self.run_dir / "metrics.jsonl", self.history)
+        return True
+
+    # ------------------------------------------------------------------ loops
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def run_epoch(self, split: str, train: bool) -> dict[str, float]:
+        """One pass over ``split``; returns the model's metrics plus throughput."""
+        model, data = self.model, self.data
+        model.train(train)
+        state = None  # reset at each epoch and before each evaluation
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums: dict[str, Tensor] = {}
+        count = 0
+        n = data.num_batches(split)
+        bar = _progress(n, f"epoch {self.epoch} {split}", self.cfg.progress)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(train):
+            for i, batch in enumerate(data.batches(split, self.epoch if train else 0)):
+                batch = _to(batch, self.device)
+                with self._autocast():
+                    out: StepOutput = model(batch, state)
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out.objective.backward()
+                    if self.cfg.clip_grad_norm:
+                        nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
+                    self.optimizer.step()
+                    self.step += 1
+                state = out.state if data.stateful else None
+                loss_sum += out.loss_sum.double()
+                count += out.count
+                for k, v in out.sums.items():
+                    sums[k] = sums.get(k, 0) + v.detach().double()
+                if (i + 1) % self.cfg.check_every == 0 or i + 1 == n:
+                    mean = loss_sum.item() / count  # one sync every check_every steps
+                    if not math.isfinite(mean):
+                        bar.close()
+                        raise Diverged(f"non-finite {split} loss ({mean}) at epoch {self.epoch}, "
+                                       f"step {self.step}")
+                    bar.set_postfix(model.metrics({"loss_sum": loss_sum.item(), "count": count})
+                                    | {"tok/s": f"{count / (time.perf_counter() - start):.0f}"},
+                                    refresh=False)
+                bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - start
+        totals = {"loss_sum": loss_sum.item(), "count": count} | {k: float(v) for k, v in sums.items()}
+        if not math.isfinite(totals["loss_sum"]):
+            raise Diverged(f"non-finite {split} loss at epoch {self.epoch}, step {self.step}")
+        return model.metrics(totals) | {"tokens_per_s": count / seconds, "seconds": seconds}
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        if self.cfg.reestimate_batches:
+            self.reestimate_statistics(self.cfg.reestimate_batches)
+        return self.run_epoch(split, train=False)
+
+    def reestimate_statistics(self, n_batches: int) -> None:
+        """Cooijmans et al.'s evaluation: population statistics of every BN re-estimated by one
+        pass over ``n_batches`` training batches (train-mode forward, no gradient)."""
+        from bnrnn.nn import update_population_statistics
+
+        carry = None
+
+        def forward(model, batch):
+            nonlocal carry
+            with self._autocast():
+                out = model(_to(batch, self.device), carry)
+            carry = out.state if self.data.stateful else None
+
+        batches = itertools.islice(self.data.batches("train", 0), n_batches)
+        update_population_statistics(self.model, batches, forward)
+
+    def fit(self) -> dict:
+        """Train to ``max_epochs`` (or the end of a resumed run); returns ``final.json``."""
+        status, error = "completed", None
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            while self.epoch < self.cfg.max_epochs:
+                if self.cfg.stop_after_epochs is not None and len(self.history) >= self.cfg.stop_after_epochs:
+                    raise Interrupted(f"stop_after_epochs={self.cfg.stop_after_epochs} reached")
+                self._train_one_epoch()
+        except Diverged as e:
+            status, error = "diverged", str(e)
+        except (KeyboardInterrupt, Interrupted) as e:
+            status, error = "interrupted", str(e) or type(e).__name__
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        test = None
+        if status == "completed" and self.cfg.test_split and self.best is not None:
+            test = self._test_at_best()
+        final = self._final(status, error, test)
+        if self.logger:
+            self.logger.finish(final)
+        return final
+
+    def _train_one_epoch(self) -> None:
+        self.epoch += 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        train = self.run_epoch("train", train=True)
+        row = {"epoch": self.epoch, "step": self.step, "lr": lr}
+        row |= {f"train_{k}": v for k, v in train.items() if k != "seconds"}
+        for split in self.cfg.eval_splits:
+            row |= {f"{split}_{k}": v for k, v in self.evaluate(split).items()
+                    if k not in ("seconds", "tokens_per_s")}
+        if self.scheduler:
+            self.scheduler.step()
+        self.elapsed += time.perf_counter() - t0
+        row |= {"epoch_time": time.perf_counter() - t0, "wall_time": self.elapsed}
+        self.history.append(row)
+        key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
+        if self.best is None or row[key] < self.best[key]:
+            self.best = row
+            checkpoint.save(self.ckpt_dir / "best.pt", {"model": self.model.state_dict(),
+                                                       "epoch": self.epoch})
+        # Order matters for resume: metrics first, then the checkpoint that covers them.
+        write_jsonl(self.run_dir / "metrics.jsonl", self.history)
+        checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
+        write_json(self.run_dir / "final.json", self._final("running", None, None))
+        if self.logger:
+            self.logger.log(row, step=self.step)
+
+    def _test_at_best(self) -> dict[str, float]:
+        best = checkpoint.load(self.ckpt_dir / "best.pt", self.device)
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best["model"])
+        try:
+            return {k: v for k, v in self.evaluate(self.cfg.test_split).items()
+                    if k not in ("seconds", "tokens_per_s")}
+        finally:
+            self.model.load_state_dict(current)
+
+    def _final(self, status: str, error: str | None, test: dict | None) -> dict:
+        protocol = self.cfg.protocol_epochs or self.cfg.max_epochs
+        final = {
+            "status": status,
+            "error": error,
+            "epochs_completed": len(self.history),
+            "max_epochs": self.cfg.max_epochs,
+            "protocol_epochs": protocol,
+            # fewer epochs than the paper, or a data subset (limit_batches), is a shortened run
+            "shortened": len(self.history) < protocol or bool(self.info.get("limit_batches")),
+            "step": self.step,
+            "wall_time": self.elapsed,
+            "best_epoch": self.best["epoch"] if self.best else None,
+            "best": self.best,
+            "test": test,
+            "selection": f"{self.cfg.eval_splits[0]}_{self.model.selection}",
+            "git_revision": git_revision(),
+            "hardware": hardware(self.device),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        } | self.info
+        write_json(self.run_dir / "final.json", final)
+        return final
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(f"received signal {signum}")
+
+
+class _NoBar:
+    def update(self, n=1): ...
+    def set_postfix(self, *a, **k): ...
+    def close(self): ...
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

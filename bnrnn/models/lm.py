@@ -1,0 +1,58 @@
+"""Word-level LSTM language model of Zaremba et al. (2014), as used in Laurent et al. §5.2."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnrnn.engine import StepOutput
+from bnrnn.nn import NormLSTM
+
+
+class WordLM(nn.Module):
+    """embedding -> dropout -> NormLSTM (dropout between layers) -> dropout -> linear -> softmax.
+
+    Dropout acts on non-recurrent connections only (Zaremba et al.). All linear and embedding
+    weights and biases are drawn from U(-init_range, init_range); normalization gains and
+    shifts keep the values their papers prescribe (see ``NormLSTM.reset_parameters``).
+
+    The objective is the NLL summed over the BPTT window and averaged over the batch — the
+    scaling of Zaremba's code, for which SGD's lr = 1 is tuned. Metrics are token-weighted:
+    perplexity = exp(Σ NLL / Σ tokens).
+    """
+
+    selection = "ppl"
+
+    def __init__(self, vocab_size: int, hidden_size: int = 200, num_layers: int = 2,
+                 dropout: float = 0.0, init_range: float = 0.1, norm: str = "none",
+                 norm_options: dict | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, hidden_size)
+        self.drop = nn.Dropout(dropout)
+        self.rnn = NormLSTM(hidden_size, hidden_size, num_layers=num_layers, dropout=dropout,
+                            norm=norm, init="uniform", init_range=init_range, **(norm_options or {}))
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.init_range = init_range
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for p in (self.embedding.weight, self.decoder.weight, self.decoder.bias):
+            nn.init.uniform_(p, -self.init_range, self.init_range)
+        self.rnn.reset_parameters()
+
+    def forward(self, batch, state=None) -> StepOutput:
+        """batch: (input, target), each (T, B) token ids; state: the NormLSTM (h, c) or None."""
+        x, y = batch
+        T, B = y.shape
+        out, state = self.rnn(self.drop(self.embedding(x)), state)
+        logits = self.decoder(self.drop(out))  # (T, B, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        return StepOutput(objective=nll / B, loss_sum=nll.detach(), count=T * B,
+                          state=tuple(s.detach() for s in state))
+
+    @staticmethod
+    def metrics(totals: dict) -> dict[str, float]:
+        loss = totals["loss_sum"] / totals["count"]
+        return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
