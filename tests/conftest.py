@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests use ../shared/data (beside the repo, as in CI) or data they make."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} not found: clone the repo with the shared/ folder beside it")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ptb_root(shared_data) -> Path:
+    return shared_data / "ptb"

@@ -1,0 +1,118 @@
+"""The trainer: resume equivalence, divergence, run-directory contents, CLI errors."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from bnrnn import checkpoint
+from bnrnn.schedules import decay_after
+from tests.helpers import CONFIG_DIR, cli, make_cfg, strip_times, train
+
+TINY = ["model.hidden_size=16", "data.limit_batches=4", "data.bptt=5", "data.batch_size=4",
+        "quiet=true", "device=cpu", "trainer.check_every=1"]
+
+
+@pytest.fixture
+def tiny(ptb_root):
+    return ["experiment=ptb_small", f"data.root={ptb_root}", *TINY]
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(experiment):
+    cfg = make_cfg([f"experiment={experiment}"])
+    assert cfg.name == experiment
+    assert cfg.trainer.max_epochs >= 1 and cfg.trainer.protocol_epochs == cfg.trainer.max_epochs
+
+
+def test_ptb_protocol_values():
+    small, medium, large = (make_cfg([f"experiment=ptb_{s}"]) for s in ("small", "medium", "large"))
+    assert (small.model.hidden_size, small.data.bptt, small.trainer.clip_grad_norm,
+            small.trainer.max_epochs, small.data.batch_size) == (200, 20, 10, 15, 32)
+    assert (medium.model.hidden_size, medium.model.dropout, medium.data.bptt,
+            medium.trainer.max_epochs) == (650, 0.5, 35, 40)
+    assert (large.model.hidden_size, large.model.init_range, large.schedule.after_epoch,
+            large.trainer.max_epochs) == (1500, 0.04, 15, 55)
+    assert medium.schedule.decay == pytest.approx(1 / 1.2) and large.schedule.decay == pytest.approx(1 / 1.15)
+
+
+def test_lr_schedule_halves_after_sixth_epoch():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = decay_after(opt, decay=0.5, after_epoch=6)
+    lrs = []
+    for _ in range(9):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1, 1, 1, 1, 1, 1, 0.5, 0.25, 0.125]
+
+
+def test_run_directory_contents(tiny, tmp_path):
+    objective, final, rows = train([*tiny, "trainer.max_epochs=2"], tmp_path)
+    assert final["status"] == "completed" and final["epochs_completed"] == 2
+    assert final["shortened"] is True and final["protocol_epochs"] == 15  # 2 of 15, and limited data
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "step", "lr", "train_ppl", "valid_ppl", "train_tokens_per_s", "wall_time"):
+        assert key in rows[0]
+    assert rows[1]["step"] == 8  # 4 windows per epoch
+    best = min(rows, key=lambda r: r["valid_ppl"])
+    assert final["best_epoch"] == best["epoch"] and objective == best["valid_ppl"]
+    assert final["test"]["ppl"] > 1 and final["hardware"] and final["git_revision"]
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")  # weights_only load works
+    assert state["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "config"} <= set(state)
+    # perplexity is exp of the token-weighted mean NLL
+    assert rows[0]["valid_ppl"] == pytest.approx(torch.tensor(rows[0]["valid_loss"]).exp().item())
+
+
+def test_resume_reproduces_uninterrupted_run(tiny, tmp_path):
+    common = [*tiny, "trainer.max_epochs=3", "model.dropout=0.3", "schedule.after_epoch=1"]
+    _, full_final, full_rows = train(common, tmp_path / "full")
+
+    _, cut_final, cut_rows = train([*common, "trainer.stop_after_epochs=1"], tmp_path / "cut")
+    assert cut_final["status"] == "interrupted" and [r["epoch"] for r in cut_rows] == [1]
+    _, res_final, res_rows = train([*common, "resume=true"], tmp_path / "cut")
+
+    assert res_final["status"] == "completed"
+    assert strip_times(res_rows) == strip_times(full_rows)  # identical metrics, epoch by epoch
+    assert res_final["test"] == full_final["test"]
+    assert res_final["best_epoch"] == full_final["best_epoch"]
+
+
+def test_resume_drops_metrics_newer_than_checkpoint(tiny, tmp_path):
+    train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # a line written after the last checkpoint
+        f.write(json.dumps({"epoch": 2, "valid_ppl": 1.0}) + "\n")
+    _, final, rows = train([*tiny, "trainer.max_epochs=2", "resume=true"], tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["valid_ppl"] != 1.0
+
+
+def test_divergence_is_a_status_not_a_crash(tiny, tmp_path):
+    # epoch 1 at lr 1, then lr = inf without clipping: the weights and the loss become non-finite in epoch 2
+    objective, final, rows = train([*tiny, "trainer.max_epochs=3", "trainer.clip_grad_norm=null",
+                                    "schedule.after_epoch=1", "schedule.decay=inf"], tmp_path)
+    assert final["status"] == "diverged" and "non-finite" in final["error"]
+    assert objective == float("inf")
+    assert [r["epoch"] for r in rows] == [1]  # the metrics written before divergence are kept
+    assert final["best_epoch"] == 1 and final["test"] is None
+
+
+def test_cli_runs_and_writes_run_dir(ptb_root, tmp_path):
+    out = tmp_path / "run"
+    p = cli(["experiment=ptb_small", f"data.root={ptb_root}", *TINY, "trainer.max_epochs=1",
+             f"hydra.run.dir={out}"])
+    assert p.returncode == 0, p.stderr
+    final = json.loads((out / "final.json").read_text())
+    assert final["status"] == "completed" and final["command"].startswith("python -m bnrnn.train")
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def test_cli_config_typo_names_the_key(tmp_path):
+    p = cli(["model.nrom=ln", f"hydra.run.dir={tmp_path}"])
+    assert p.returncode != 0 and "nrom" in p.stderr
+
+
+def test_unknown_norm_names_the_choices(ptb_root):
+    cfg = make_cfg(["experiment=ptb_small", f"data.root={ptb_root}", "model.norm=bn"])
+    with pytest.raises(Exception, match=r"norm must be one of .*bn_input.*got 'bn'"):
+        instantiate(cfg.model, vocab_size=10)
