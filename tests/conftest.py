@@ -26,3 +26,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def ptb_root(shared_data) -> Path:
     return shared_data / "ptb"
+
+
+def pytest_collection_finish(session):
+    # A run that collects no test is a broken suite, never a pass (CI reads pytest's exit code).
+    if not session.items and not session.config.getoption("collectonly"):
+        raise pytest.UsageError("bnrnn: no tests were collected; check the -m/-k selection and testpaths")
