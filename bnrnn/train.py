@@ -100,4 +100,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    # Launchers that pickle the task function (hydra/launcher=submitit_*) need the importable
+    # bnrnn.train.main, not this __main__ copy (cloudpickle cannot serialize it by value).
+    from bnrnn.train import main as _main
+
+    _main()
