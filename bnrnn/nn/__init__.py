@@ -1,0 +1,9 @@
+"""Normalized recurrent layers: ``NormLSTM`` and ``NormRNN`` with the variants of
+``bnrnn.nn.variants``, their normalization modules, and population-statistics re-estimation."""
+from bnrnn.nn.lstm import NormLSTM
+from bnrnn.nn.norms import NoNorm, SeqBatchNorm, SeqLayerNorm, update_population_statistics
+from bnrnn.nn.rnn import NormRNN
+from bnrnn.nn.variants import VARIANTS
+
+__all__ = ["NormLSTM", "NormRNN", "NoNorm", "SeqBatchNorm", "SeqLayerNorm", "VARIANTS",
+           "update_population_statistics"]
