@@ -1,10 +1,16 @@
 """Shared fixtures. Tests use ../shared/data (beside the repo, as in CI) or data they make."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU the fused Triton kernels run in Triton's CPU interpreter; it must be chosen before
+# triton is first imported, so here (tests may set the environment; the library never reads it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

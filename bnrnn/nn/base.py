@@ -210,7 +210,8 @@ class RecurrentStack(nn.Module):
             return "native"
         from bnrnn.nn import fused
 
-        return "fused" if x.is_cuda and fused.available() else "reference"
+        fast = x.is_cuda and fused.available() and fused.supports(self.layers[0])
+        return "fused" if fast else "reference"
 
     # ------------------------------------------------------------------ forward
     def run(self, input: Tensor, state: tuple[Tensor, ...] | None,

@@ -1,0 +1,132 @@
+"""The fused Triton recurrence against the reference loop.
+
+CPU (fast tier): float64 under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+when there is no GPU), so the two paths must agree to rounding. GPU tier: float32/TF32 and bf16
+on CUDA, with the step loops captured as CUDA graphs, against the float64 reference.
+"""
+import copy
+
+import pytest
+import torch
+
+from bnrnn.nn import NormLSTM, fused
+from bnrnn.nn.fused.loops import GRAPHS, make_plan
+
+NORMS = ["none", "bn_input", "bn_recurrent", "ln", "bn_sum"]
+f64 = torch.float64
+
+
+def pair(norm, I=3, H=5, L=1, bidirectional=False, device="cpu", dtype=f64, **kw):
+    """A reference NormLSTM with trained-looking norms and running statistics, and its fused twin."""
+    ref = NormLSTM(I, H, L, bidirectional, 0.0, norm, backend="reference", **kw).to(device, dtype)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.rand_like(p))
+    ref.train()
+    ref(torch.randn(4, 6, I, device=device, dtype=dtype))  # population statistics != init
+    fus = copy.deepcopy(ref)
+    fus.backend = "fused"
+    return ref, fus
+
+
+def run(model, x, state, lengths):
+    x = x.detach().clone().requires_grad_()
+    out, (h, c) = model(x, state, lengths=lengths)
+    g = torch.linspace(-1, 1, out.numel(), device=x.device, dtype=out.dtype).view_as(out)
+    ((out * g).sum() + 0.3 * h.sum() + 0.7 * c.square().sum()).backward()
+    return {"out": out, "h": h, "c": c, "dx": x.grad,
+            **{"grad " + n: p.grad for n, p in model.named_parameters()},
+            **{"buffer " + n: b for n, b in model.named_buffers()}}
+
+
+def assert_same(a, b, **tol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k].to(a[k].dtype), a[k], msg=lambda m: f"{k}: {m}", **tol)
+
+
+def test_fused_is_available_here():
+    assert fused.available(), "Triton must be installed (pip install triton) for the fused path tests"
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("lengths", [None, [4, 2, 3, 4, 1, 4]], ids=["full", "padded"])
+def test_fused_equals_reference_float64(norm, train, lengths):
+    ref, fus = pair(norm)
+    ref.train(train)
+    fus.train(train)
+    x = torch.randn(4, 6, 3, dtype=f64)
+    state = tuple(torch.randn(2, 1, 6, 5, dtype=f64))
+    lengths = None if lengths is None else torch.tensor(lengths)
+    assert_same(run(ref, x, state, lengths), run(fus, x, state, lengths), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("norm", ["bn_recurrent", "ln"])
+def test_fused_stacked_bidirectional_with_tmax(norm):
+    ref, fus = pair(norm, L=2, bidirectional=True, max_steps=3)  # T = 5 > T_max
+    for train in (True, False):
+        ref.train(train)
+        fus.train(train)
+        x = torch.randn(5, 4, 3, dtype=f64)
+        lengths = torch.tensor([5, 3, 5, 2])
+        assert_same(run(ref, x, None, lengths), run(fus, x, None, lengths), rtol=1e-9, atol=1e-11)
+
+
+def test_auto_backend_uses_fused_only_on_cuda():
+    m = NormLSTM(3, 4, norm="ln")
+    assert m.resolve_backend(torch.zeros(1)) == "reference"
+    assert NormLSTM(3, 4).resolve_backend(torch.zeros(1)) == "native"
+
+
+def test_plan_tiles_hold_what_each_norm_reduces_over():
+    bn = make_plan(1, 0, 1, B=24, H=650, train=True, has_mask=False, f64=False, eps=1e-5)
+    assert bn.block_b >= 24  # one program sees the whole batch
+    ln = make_plan(2, 0, 2, B=32, H=1500, train=True, has_mask=False, f64=False, eps=1e-5)
+    assert ln.block_h >= 1500  # one program sees every unit of a row
+    with pytest.raises(ValueError, match="B <= 1024"):
+        make_plan(1, 0, 0, B=2000, H=8, train=True, has_mask=False, f64=False, eps=1e-5)
+
+
+# ----------------------------------------------------------------------------- GPU tier
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("shape", [(20, 32, 200), (35, 20, 650), (12, 24, 250)], ids=["small", "medium", "speech"])
+def test_gpu_fused_fp32_against_float64_reference(norm, shape):
+    """fp32 kernels (TF32 off) vs the float64 reference: error relative to the reference's own
+    size, over several calls so that the captured CUDA graph (second call on) is checked too."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    T, B, H = shape
+    ref, fus = pair(norm, I=H, H=H, L=2, device="cuda")
+    fus = fus.float()
+    lengths = torch.randint(1, T + 1, (B,), device="cuda") if shape[0] == 12 else None
+    if lengths is not None:
+        lengths[0] = T
+    for call in range(3):
+        for train in (True, False):
+            ref.train(train)
+            fus.train(train)
+            x = torch.randn(T, B, H, device="cuda", dtype=f64)
+            a, b = run(ref, x, None, lengths), run(fus, x.float(), None, lengths)
+            for k in a:
+                err = (b[k].double() - a[k]).norm() / a[k].norm().clamp_min(1e-12)
+                assert err < 1e-4, f"call {call} train={train} {k}: relative error {err:.2e}"
+    assert len(GRAPHS.graphs) > 0  # the repeated shapes were captured and replayed
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("norm", ["bn_input", "bn_recurrent", "ln"])
+def test_gpu_bf16_autocast_close_to_fp32(norm):
+    _, fus = pair(norm, I=64, H=64, L=2, device="cuda", dtype=torch.float32)
+    x = torch.randn(20, 32, 64, device="cuda")
+    out32, _ = fus(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out16, _ = fus(x)
+    err = (out16.float() - out32).norm() / out32.norm()
+    assert err < 3e-2, f"bf16 relative error {err:.2e}"
