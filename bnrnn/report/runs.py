@@ -137,7 +137,8 @@ def load_runs(root: str | Path) -> list[Run]:
     if not root.is_dir():
         raise RunError(f"load_runs: {root} is not a directory; point it at a folder of run "
                        "directories (e.g. results/runs/ptb or multirun/)")
-    dirs = sorted({p.parent for p in root.rglob("final.json") if "checkpoints" not in p.parts})
+    dirs = sorted({p.parent for p in root.rglob("final.json")
+                   if "checkpoints" not in p.relative_to(root).parts})
     return [load_run(d) for d in dirs]
 
 
