@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bnrnn.engine import Trainer, TrainerConfig
+from bnrnn.io import git_revision
 
 log = logging.getLogger("bnrnn")
 
@@ -64,15 +65,19 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     if cfg.quiet:
         trainer_cfg.progress = False
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
     info = {
         "name": cfg.name,
         "seed": cfg.seed,
         "norm": cfg.model.get("norm"),
         "limit_batches": cfg.data.get("limit_batches"),
-        "command": " ".join(["python -m bnrnn.train", *sys.argv[1:]]),
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        # the job's own overrides: a multirun's argv holds the sweep lists, not this job's values
+        "command": " ".join(["python -m bnrnn.train", *overrides]),
+        "overrides": overrides,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if git_revision() == "unknown":  # a copy of the tree without .git (e.g. a lent GPU machine)
+        info["git_revision"] = os.environ.get("BNRNN_GIT_REVISION", "unknown")
     trainer = Trainer(model=model, data=data, optimizer=optimizer, scheduler=scheduler,
                       config=trainer_cfg, run_dir=run_dir, device=device, logger=logger,
                       info=info, resolved_config=resolved)

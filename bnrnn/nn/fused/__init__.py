@@ -60,6 +60,8 @@ def recurrence(layer, p: Tensor, state: tuple[Tensor, Tensor],
         raise NotImplementedError(f"backend='fused' has no kernel for {type(layer).__name__}; use backend='reference'")
     from bnrnn.nn.fused.loops import LSTMRecurrence, make_plan
 
+    if torch.is_autocast_enabled(p.device.type):  # the recurrence runs in autocast's dtype
+        p = p.to(torch.get_autocast_dtype(p.device.type))
     T, B, G = p.shape
     H = G // 4
     slots = {"hh": layer.norm_hh, "s": layer.norm_sum, "c": layer.norm_cell}

@@ -227,7 +227,8 @@ class LSTMRecurrence(torch.autograd.Function):
     def forward(ctx, plan: Plan, extra: dict, p, h0, c0, W, g_hh, b_hh, g_s, b_s, g_c, b_c):
         inp = dict(p=p, h0=h0, c0=c0, W=W.to(p.dtype), g_hh=g_hh, b_hh=b_hh, g_s=g_s, b_s=b_s,
                    g_c=g_c, b_c=b_c, **extra)
-        out = GRAPHS(forward_loop, plan, inp)
+        with torch.autocast(p.device.type, enabled=False):  # dtypes are chosen explicitly here
+            out = GRAPHS(forward_loop, plan, inp)
         saved = {**inp, **out}
         ctx.plan, ctx.keys = plan, SAVED
         ctx.save_for_backward(*(saved.get(k) for k in SAVED))
@@ -245,7 +246,8 @@ class LSTMRecurrence(torch.autograd.Function):
         s["GO"] = torch.zeros_like(Hs[1:]) if d_out is None else d_out.contiguous()
         s["GH"] = torch.zeros_like(Hs[0]) if d_h is None else d_h
         s["GC"] = torch.zeros_like(s["Cs"][0]) if d_c is None else d_c
-        g = GRAPHS(backward_loop, ctx.plan, s)
+        with torch.autocast(p.device.type, enabled=False):
+            g = GRAPHS(backward_loop, ctx.plan, s)
         h_dtype, c_dtype, w_dtype = ctx.dtypes
         return (None, None, g["dp"], g["dh0"].to(h_dtype), g["dc0"].to(c_dtype), g["dW"].to(w_dtype),
                 g["dg_hh"], g["db_hh"], g["dg_s"], g["db_s"], g["dg_c"], g["db_c"])

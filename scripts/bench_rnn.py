@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""Benchmark every NormLSTM variant against cuDNN ``nn.LSTM`` (``make bench``).
+
+For each shape (PTB small/medium/large, the speech stack) and precision policy (fp32 with TF32
+allowed on both sides; bf16 autocast on both sides) it times one training step of the recurrent
+stack alone — forward and backward of a fixed input, gradients set to None between steps — as
+the median of ``--reps`` steps after ``--warmup`` steps (CUDA events on GPU, perf_counter on CPU),
+with the peak memory of the timed steps, and the ratio to ``nn.LSTM`` measured in the same process
+and run. Then it times the full PTB training step (embedding, LSTM, decoder, loss, backward, clip,
+SGD) and the evaluation step of ``WordLM`` per size and variant, turns them into tokens/s and into
+the estimated wall time of the full Table 2 protocol (12 runs). Writes ``--out`` (markdown) and a
+JSON with every number beside it.
+
+    python scripts/bench_rnn.py --device cuda --out results/bench.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bnrnn.data.ptb import num_windows  # noqa: E402
+from bnrnn.io import git_revision, hardware, write_json, write_text  # noqa: E402
+from bnrnn.models.lm import WordLM  # noqa: E402
+from bnrnn.nn import NormLSTM  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    T: int
+    B: int
+    I: int
+    H: int
+    L: int
+    bidirectional: bool = False
+    stats: str = "frame"
+
+
+SHAPES = {
+    "ptb_small": Shape("ptb_small", 20, 32, 200, 200, 2),
+    "ptb_medium": Shape("ptb_medium", 35, 32, 650, 650, 2),
+    "ptb_large": Shape("ptb_large", 35, 32, 1500, 1500, 2),
+    "speech": Shape("speech", 800, 24, 123, 250, 5, True, "sequence"),
+    "tiny": Shape("tiny", 5, 4, 8, 8, 2),  # the test's
+}
+# (label, norm, backend): cuDNN nn.LSTM is the reference every ratio is taken against
+VARIANTS = [("nn.LSTM", None, None), ("none, our loop (control)", "none", "fused"),
+            ("bn_input", "bn_input", "auto"), ("bn_recurrent", "bn_recurrent", "auto"),
+            ("ln", "ln", "auto"), ("bn_sum", "bn_sum", "auto")]
+# issue 7's targets at the PTB medium shape (ratio of step time to cuDNN), and 2x everywhere
+TARGETS = {"bn_input": 1.1, "bn_recurrent": 1.5, "ln": 1.5}
+ANY_SHAPE_LIMIT = 2.0
+PTB_PROTOCOL = {"ptb_small": (15, 20), "ptb_medium": (40, 35), "ptb_large": (55, 35)}  # epochs, bptt
+PTB_TOKENS = {"train": 929_589, "valid": 73_760, "test": 82_430}
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, fn, warmup: int, reps: int) -> tuple[float, float]:
+        """Median milliseconds of ``fn()`` and the peak memory (MiB) of the timed calls."""
+        for _ in range(warmup):
+            fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append(1e3 * (time.perf_counter() - t0))
+            peak = float("nan")
+        return statistics.median(times), peak
+
+
+def autocast(device, precision):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def rnn_step(model, x, device, precision):
+    def step():
+        for p in model.parameters():
+            p.grad = None
+        with autocast(device, precision):
+            out, _ = model(x)
+        out.float().sum().backward()
+    return step
+
+
+def build_rnn(shape: Shape, norm, backend, device):
+    if norm is None:
+        return nn.LSTM(shape.I, shape.H, shape.L, bidirectional=shape.bidirectional).to(device)
+    stats = shape.stats if norm in ("bn_input", "bn_recurrent") else "frame"
+    return NormLSTM(shape.I, shape.H, shape.L, shape.bidirectional, 0.0, norm, stats=stats,
+                    backend=backend, max_steps=shape.T).to(device)
+
+
+def bench_rnn(shapes, precisions, device, warmup, reps) -> list[dict]:
+    timer, rows = Timer(device), []
+    for shape in shapes:
+        x = torch.randn(shape.T, shape.B, shape.I, device=device)
+        for precision in precisions:
+            base = None
+            for label, norm, backend in VARIANTS:
+                if backend == "fused" and device.type != "cuda":
+                    backend = "reference"  # the fused kernels need a GPU (the interpreter is for tests)
+                model = build_rnn(shape, norm, backend, device).train()
+                used = model.resolve_backend(x) if norm else "cudnn" if device.type == "cuda" else "aten"
+                ms, peak = timer(rnn_step(model, x, device, precision), warmup, reps)
+                base = ms if norm is None else base
+                rows.append(dict(shape=shape.name, precision=precision, variant=label, norm=norm,
+                                 backend=used, ms=ms, ratio=ms / base, peak_mib=peak))
+                print(f"{shape.name:10s} {precision:4s} {label:22s} {used:9s} {ms:9.3f} ms  "
+                      f"x{ms / base:5.2f}  peak {peak:8.1f} MiB", flush=True)
+                del model
+    return rows
+
+
+def bench_ptb(sizes, device, warmup, reps) -> list[dict]:
+    """Full WordLM training and evaluation steps at each PTB size (fp32/TF32, the runs' policy)."""
+    timer, rows = Timer(device), []
+    for size in sizes:
+        shape = SHAPES[size]
+        epochs, bptt = PTB_PROTOCOL[size]
+        for label, norm, _ in VARIANTS:
+            if norm in (None, "bn_sum") or label.startswith("none, our"):
+                continue
+            model = WordLM(10_000, shape.H, 2, dropout=0.5 if shape.H > 200 else 0.0,
+                           norm=norm).to(device)
+            opt = torch.optim.SGD(model.parameters(), lr=1.0)
+            x = torch.randint(0, 10_000, (bptt, 32), device=device)
+            xe = torch.randint(0, 10_000, (bptt, 10), device=device)
+
+            def train_step():
+                model.train()
+                out = model((x, x), None)
+                opt.zero_grad(set_to_none=True)
+                out.objective.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+
+            @torch.no_grad()
+            def eval_step():
+                model.eval()
+                model((xe, xe), None)
+
+            train_ms, peak = timer(train_step, warmup, reps)
+            eval_ms, _ = timer(eval_step, warmup, reps)
+            steps = num_windows(torch.empty(PTB_TOKENS["train"] // 32), bptt)
+            evals = sum(num_windows(torch.empty(PTB_TOKENS[s] // 10), bptt) for s in ("valid", "test"))
+            epoch_s = (steps * train_ms + evals * eval_ms) / 1e3
+            rows.append(dict(size=size, norm=norm, backend=model.rnn.resolve_backend(x.float()),
+                             train_step_ms=train_ms, eval_step_ms=eval_ms, peak_mib=peak,
+                             tokens_per_s=32 * bptt / (train_ms / 1e3), epoch_s=epoch_s,
+                             protocol_epochs=epochs, protocol_hours=epochs * epoch_s / 3600))
+            print(f"{size:10s} {norm:13s} train step {train_ms:8.3f} ms ({rows[-1]['tokens_per_s']:9.0f} tok/s)"
+                  f"  eval step {eval_ms:7.3f} ms  epoch ~{epoch_s:7.1f} s", flush=True)
+            del model, opt
+    return rows
+
+
+def markdown(rnn_rows, ptb_rows, meta) -> str:
+    lines = ["# Recurrent layer speed: every NormLSTM variant against cuDNN `nn.LSTM`", "",
+             f"- Hardware: {meta['hardware']}", f"- Date: {meta['date']}",
+             f"- Git revision: `{meta['git_revision']}`", f"- Command: `{meta['command']}`",
+             f"- Method: one training step of the recurrent stack (forward + backward of a fixed input, "
+             f"gradients reset), median of {meta['reps']} steps after {meta['warmup']} warm-up steps "
+             f"({'CUDA events' if meta['device'] == 'cuda' else 'perf_counter'}); ratio = time / "
+             f"`nn.LSTM` time at the same shape and precision in the same run. fp32 = float32 with "
+             f"TF32 matmuls allowed on both sides; bf16 = `torch.autocast(bfloat16)` on both sides. "
+             f"Peak memory is what the timed steps allocated above the model and input. Batch-normalized "
+             f"variants in training mode (batch statistics); BN statistics frame-wise except the speech "
+             f"stack (sequence-wise `bn_input`/`bn_recurrent` input term); inputs unpadded.", ""]
+    if meta["device"] != "cuda":
+        lines += ["**CPU run**: the normalized variants run the reference loop (the fused kernels need "
+                  "a GPU); ratios are to PyTorch's own CPU `nn.LSTM`.", ""]
+    for shape in dict.fromkeys(r["shape"] for r in rnn_rows):
+        s = SHAPES[shape]
+        lines += [f"## {shape}: T={s.T}, B={s.B}, input {s.I}, hidden {s.H}, {s.L} layers"
+                  f"{', bidirectional' if s.bidirectional else ''}", "",
+                  "| variant | backend | fp32 ms | fp32 ratio | fp32 peak MiB | bf16 ms | bf16 ratio | bf16 peak MiB |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for label, *_ in VARIANTS:
+            cells = {r["precision"]: r for r in rnn_rows if r["shape"] == shape and r["variant"] == label}
+            if not cells:
+                continue
+            backend = next(iter(cells.values()))["backend"]
+            row = [label, backend]
+            for prec in ("fp32", "bf16"):
+                r = cells.get(prec)
+                row += ["—"] * 3 if r is None else [f"{r['ms']:.3f}", f"{r['ratio']:.2f}", _mib(r["peak_mib"])]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["## Targets (issue 7): ratio of step time to cuDNN `nn.LSTM`", "",
+              "| target | shape | precision | measured | met |", "|---|---|---|---:|---|"]
+    for norm, limit in TARGETS.items():
+        for r in rnn_rows:
+            if r["shape"] == "ptb_medium" and r["norm"] == norm:
+                lines.append(f"| {norm} ≤ {limit}× | ptb_medium | {r['precision']} | {r['ratio']:.2f} | "
+                             f"{'yes' if r['ratio'] <= limit else 'no'} |")
+    worst = max((r for r in rnn_rows if r["norm"]), key=lambda r: r["ratio"], default=None)
+    if worst:
+        lines.append(f"| every variant ≤ {ANY_SHAPE_LIMIT}× at every shape | worst: {worst['variant']}, "
+                     f"{worst['shape']} | {worst['precision']} | {worst['ratio']:.2f} | "
+                     f"{'yes' if worst['ratio'] <= ANY_SHAPE_LIMIT else 'no'} |")
+    lines.append("")
+    if ptb_rows:
+        total = sum(r["protocol_hours"] for r in ptb_rows)
+        lines += ["## Full PTB training step (WordLM, fp32/TF32) and the Table 2 protocol", "",
+                  "Epoch time = training windows × train step + valid and test windows (batch 10) × "
+                  "eval step; protocol = epochs × epoch time (15 / 40 / 55 epochs), one run at a time.", "",
+                  "| size | variant | backend | train step ms | tokens/s | eval step ms | peak MiB | epoch s | protocol h |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in ptb_rows:
+            lines.append(f"| {r['size']} | {r['norm']} | {r['backend']} | {r['train_step_ms']:.3f} | "
+                         f"{r['tokens_per_s']:.0f} | {r['eval_step_ms']:.3f} | {_mib(r['peak_mib'])} | "
+                         f"{r['epoch_s']:.1f} | {r['protocol_hours']:.2f} |")
+        complete = {r["size"] for r in ptb_rows} == set(PTB_PROTOCOL)
+        lines += ["", f"Estimated wall time of the {len(ptb_rows)} runs measured here, one after another: "
+                      f"**{total:.2f} h**" + ("" if complete else " (not every size was benchmarked)")
+                  + f"; target for the full 12-run table: under 2 h on one H100 "
+                    f"({'met' if complete and total < 2 else 'not met' if complete else 'not established'}).", ""]
+    return "\n".join(lines)
+
+
+def _mib(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.0f}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    ap.add_argument("--out", default="results/bench.md")
+    ap.add_argument("--shapes", default="ptb_small,ptb_medium,ptb_large,speech")
+    ap.add_argument("--precisions", default=None, help="fp32,bf16 (default: both on GPU, fp32 on CPU)")
+    ap.add_argument("--ptb-sizes", default=None,
+                    help="full WordLM steps for these sizes (default: the PTB shapes benchmarked)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 10 on GPU, 1 on CPU")
+    ap.add_argument("--reps", type=int, default=None, help="default 50 on GPU, 5 on CPU")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    gpu = device.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    warmup = args.warmup if args.warmup is not None else 10 if gpu else 1
+    reps = args.reps if args.reps is not None else 50 if gpu else 5
+    shapes = [SHAPES[s] for s in args.shapes.split(",")]
+    precisions = (args.precisions or ("fp32,bf16" if gpu else "fp32")).split(",")
+    sizes = args.ptb_sizes.split(",") if args.ptb_sizes is not None else \
+        [s.name for s in shapes if s.name in PTB_PROTOCOL]
+    sizes = [s for s in sizes if s]
+    torch.manual_seed(0)
+    rnn_rows = bench_rnn(shapes, precisions, device, warmup, reps)
+    ptb_rows = bench_ptb(sizes, device, warmup, reps)
+    revision = git_revision()
+    if revision == "unknown":  # a copy of the tree without .git (e.g. a lent GPU machine)
+        revision = os.environ.get("BNRNN_GIT_REVISION", "unknown")
+    meta = dict(hardware=hardware(device), device=device.type, git_revision=revision,
+                date=datetime.date.today().isoformat(), warmup=warmup, reps=reps,
+                command="python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]))
+    out = Path(args.out)
+    write_text(out, markdown(rnn_rows, ptb_rows, meta))
+    write_json(out.with_suffix(".json"), dict(meta=meta, rnn=rnn_rows, ptb=ptb_rows))
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
