@@ -72,6 +72,7 @@ class TrainerConfig:
     reestimate_batches: int = 0  # >0: re-estimate BN population statistics (Cooijmans) first
     progress: bool = True
     protocol_epochs: int | None = None  # the paper's epoch count; fewer completed = shortened
+    max_time: float | None = None  # seconds of training: no epoch starts that would end past it
 
 
 def _to(batch, device):
@@ -206,6 +207,8 @@ class Trainer:
             while self.epoch < self.cfg.max_epochs:
                 if self.cfg.stop_after_epochs is not None and len(self.history) >= self.cfg.stop_after_epochs:
                     raise Interrupted(f"stop_after_epochs={self.cfg.stop_after_epochs} reached")
+                if self._out_of_time():
+                    break
                 self._train_one_epoch()
         except Diverged as e:
             status, error = "diverged", str(e)
@@ -220,6 +223,17 @@ class Trainer:
         if self.logger:
             self.logger.finish(final)
         return final
+
+    def _out_of_time(self) -> bool:
+        """A time-boxed run ends cleanly (best checkpoint tested, marked shortened) rather than
+        being killed mid-epoch: stop when another epoch like the last would overrun max_time."""
+        if self.cfg.max_time is None or not self.history:
+            return False
+        if self.elapsed + self.history[-1]["epoch_time"] <= self.cfg.max_time:
+            return False
+        self.info["stop_reason"] = (f"max_time={self.cfg.max_time:g}s: {self.elapsed:.0f}s used, "
+                                    f"an epoch takes {self.history[-1]['epoch_time']:.0f}s")
+        return True
 
     def _train_one_epoch(self) -> None:
         self.epoch += 1

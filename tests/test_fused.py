@@ -114,6 +114,9 @@ def test_gpu_fused_fp32_against_float64_reference(norm, shape):
             x = torch.randn(T, B, H, device="cuda", dtype=f64)
             a, b = run(ref, x, None, lengths), run(fus, x.float(), None, lengths)
             for k in a:
+                if not a[k].is_floating_point():  # counters (num_batches_tracked)
+                    assert torch.equal(a[k], b[k]), k
+                    continue
                 err = (b[k].double() - a[k]).norm() / a[k].norm().clamp_min(1e-12)
                 assert err < 1e-4, f"call {call} train={train} {k}: relative error {err:.2e}"
     assert len(GRAPHS.graphs) > 0  # the repeated shapes were captured and replayed

@@ -116,3 +116,12 @@ def test_unknown_norm_names_the_choices(ptb_root):
     cfg = make_cfg(["experiment=ptb_small", f"data.root={ptb_root}", "model.norm=bn"])
     with pytest.raises(Exception, match=r"norm must be one of .*bn_input.*got 'bn'"):
         instantiate(cfg.model, vocab_size=10)
+
+
+def test_max_time_ends_a_run_cleanly_and_marks_it_shortened(tiny, tmp_path):
+    # a time box smaller than one epoch: the first epoch runs, the second would overrun it
+    objective, final, rows = train([*tiny, "trainer.max_epochs=3", "trainer.max_time=1e-6"], tmp_path)
+    assert [r["epoch"] for r in rows] == [1]
+    assert final["status"] == "completed" and final["shortened"] is True
+    assert final["test"]["ppl"] > 1 and "max_time" in final["stop_reason"]
+    assert objective == rows[0]["valid_ppl"]
