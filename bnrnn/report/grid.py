@@ -328,6 +328,9 @@ def plot_curves(trials: list[Trial], base: Path) -> list[Path]:
         fig = Figure(figsize=(5.0 * max(1, len(points)) + 0.4, 4.2), dpi=100)
         Canvas(fig)
         axes = fig.subplots(1, max(1, len(points)), squeeze=False)[0]
+        if not points:
+            axes[0].text(0.5, 0.5, "no trial converged", ha="center", va="center",
+                         transform=axes[0].transAxes)
         for ax, (owner, point) in zip(axes, points):
             lr, momentum, batch = point
             for norm in NORMS:
