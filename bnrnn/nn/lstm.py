@@ -42,9 +42,10 @@ class LSTMLayer(RecurrentLayer):
         """
         h, c = state
         outs = []
+        steps = p.unbind(0)  # not p[t]: each p[t]'s backward would allocate a full (T, B, 4H) zero tensor (O(T²))
         for t in range(p.shape[0]):
             m = None if mask is None else mask[t]
-            a = self.norm_sum.step(p[t] + self.norm_hh.step(F.linear(h, self.weight_hh), t, m), t, m)
+            a = self.norm_sum.step(steps[t] + self.norm_hh.step(F.linear(h, self.weight_hh), t, m), t, m)
             i, f, g, o = a.chunk(4, dim=1)
             c_t = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h_t = torch.sigmoid(o) * torch.tanh(self.norm_cell.step(c_t, t, m))

@@ -30,9 +30,10 @@ class TanhLayer(RecurrentLayer):
         """p (T, B, H), state (h0,) with h0 (B, H), mask (T, B) or None -> (T, B, H), (h,)."""
         (h,) = state
         outs = []
+        steps = p.unbind(0)  # not p[t]: each p[t]'s backward would allocate a full (T, B, H) zero tensor (O(T²))
         for t in range(p.shape[0]):
             m = None if mask is None else mask[t]
-            h_t = torch.tanh(self.norm_sum.step(p[t] + self.norm_hh.step(F.linear(h, self.weight_hh), t, m), t, m))
+            h_t = torch.tanh(self.norm_sum.step(steps[t] + self.norm_hh.step(F.linear(h, self.weight_hh), t, m), t, m))
             h = masked_update(m, h_t, h)
             outs.append(h_t if m is None else h_t * m.unsqueeze(1).to(h_t.dtype))
         return torch.stack(outs), (h,)
