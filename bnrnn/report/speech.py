@@ -1,0 +1,348 @@
+"""Framewise speech alignment results: Laurent et al. Table 1 and Figure 1 analogues.
+
+``build(runs_root, out_dir, command)`` reads the run directories under ``runs_root``
+(``results/runs/speech``: runs of ``experiment=speech_synthetic`` and/or
+``speech_librispeech``) and writes
+
+- ``speech.md`` + ``speech.csv``: per corpus and variant, the best (lowest over epochs) train
+  and dev frame cross-entropy (FCE, nats) and frame error rate (FER), as in Table 1, the test
+  FCE/FER at the best-dev epoch, epochs, time per epoch, and the paper's WSJ numbers beside
+  them (a different corpus and label set: compare the baseline-vs-BN pattern, not the values);
+- ``speech_curves.png`` + ``.pdf``: Figure 1's layout, FCE per epoch, train dotted and dev
+  solid, baseline blue and BN red, one panel per corpus.
+
+Runs that completed their protocol are averaged over seeds; every other run (shortened,
+interrupted, still running, diverged) gets a row of its own, marked in the status column.
+Train FCE/FER are the running averages over each training epoch (training mode, as the
+engine logs them), the usual reading of a training curve.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from bnrnn.report.format import (DASH, fmt, fmt_mean_std, markdown_table, provenance,
+                                 save_figure, write_table)
+from bnrnn.report.runs import Run, RunError, load_runs
+
+# Laurent et al. 2016, "Batch Normalized Recurrent Neural Networks", Table 1 (WSJ si284 /
+# dev93, 3546 tied triphone states; ../shared/REFERENCE.md §5): best (FCE, FER) on train and dev.
+PAPER_TABLE1 = {
+    "none": {"train": (0.95, 0.28), "dev": (1.11, 0.33)},
+    "bn_input": {"train": (0.73, 0.22), "dev": (1.19, 0.34)},
+}
+PAPER_SOURCE = "Laurent et al. 2016, Table 1 (WSJ si284 train / dev93, 3546 triphone states)"
+
+CORPORA = {  # experiment name -> what it is
+    "speech_synthetic": "synthetic eSpeak corpus (75 phoneme classes)",
+    "speech_librispeech": "LibriSpeech train-clean-100, CPC labels (41 phone classes)",
+}
+VARIANTS = ("none", "bn_input")
+VARIANT_NAMES = {"none": "baseline", "bn_input": "BN, sequence-wise"}
+COLOURS = {"none": "#1f77b4", "bn_input": "#d62728"}  # Figure 1: baseline blue, BN red
+
+# Overrides that do not change what a run measures; any other makes a row of its own.
+NEUTRAL_OVERRIDES = {"seed", "device", "quiet", "threads", "resume", "experiment", "model.norm",
+                     "data.root", "data.audio_dir", "data.download", "data.cache_dir",
+                     "data.text_cache_dir", "data.workers", "data.progress", "logger",
+                     "trainer.progress", "trainer.max_epochs", "trainer.stop_after_epochs",
+                     "trainer.check_every", "data.limit_batches", "name"}
+
+METRICS = {  # column key -> how to read it from a run
+    "train_fce": lambda r: r.best_of("train_fce"),
+    "train_fer": lambda r: r.best_of("train_fer"),
+    "dev_fce": lambda r: r.best_of("dev_fce"),
+    "dev_fer": lambda r: r.best_of("dev_fer"),
+    "test_fce": lambda r: r.test.get("fce"),
+    "test_fer": lambda r: r.test.get("fer"),
+    "epoch_time": lambda r: r.mean_of("epoch_time"),
+    "wall_time": lambda r: r.wall_time,
+}
+
+
+@dataclass
+class Row:
+    """The complete runs of one (corpus, variant, overrides), or one other run."""
+    name: str
+    norm: str
+    extra: str
+    runs: list[Run]
+    complete: bool
+
+    @property
+    def variant(self) -> str:
+        label = VARIANT_NAMES.get(self.norm, self.norm)
+        return f"{label} [{self.extra}]" if self.extra else label
+
+    @property
+    def status(self) -> str:
+        return "complete" if self.complete else run_status(self.runs[0])
+
+    def values(self, key: str) -> list[float]:
+        return [v for v in (METRICS[key](r) for r in self.runs)
+                if v is not None and math.isfinite(v)]
+
+    def mean(self, key: str) -> float | None:
+        values = self.values(key)
+        return statistics.fmean(values) if values else None
+
+    def cell(self, key: str, digits: int = 3) -> str:
+        values = self.values(key)
+        if self.complete:
+            return fmt_mean_std(values, digits)
+        return fmt(values[0] if values else None, digits)
+
+
+def run_status(run: Run) -> str:
+    epochs = f"{run.epochs_completed}/{run.protocol_epochs or '?'} epochs"
+    limited = run.final.get("limit_batches")
+    data = f", data limited to {limited} batches" if limited else ""
+    word = {"completed": "shortened", "running": "running or killed"}.get(run.status, run.status)
+    return f"{word}: {epochs}{data}"
+
+
+def _extra(run: Run) -> str:
+    kept = []
+    for o in run.overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in NEUTRAL_OVERRIDES or key.startswith(("hydra.", "hydra/", "logger.")):
+            continue
+        kept.append(o.lstrip("+"))
+    return " ".join(sorted(kept))
+
+
+def _order(seq, value) -> tuple[int, str]:
+    seq = tuple(seq)
+    return (seq.index(value), "") if value in seq else (len(seq), str(value))
+
+
+def group_rows(runs: list[Run]) -> list[Row]:
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    rows: list[Row] = []
+    for run in runs:
+        key = (str(run.name), str(run.norm), _extra(run))
+        if run.complete:
+            groups.setdefault(key, []).append(run)
+        else:
+            rows.append(Row(*key, [run], complete=False))
+    rows += [Row(*key, sorted(rs, key=lambda r: (r.seed or 0, str(r.path))), complete=True)
+             for key, rs in groups.items()]
+    return sorted(rows, key=lambda r: (_order(CORPORA, r.name), _order(VARIANTS, r.norm), r.extra,
+                                       not r.complete, r.status, r.runs[0].seed or 0,
+                                       str(r.runs[0].path)))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return DASH
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def _model(run: Run) -> str:
+    model = run.config.get("model") or {}
+    if "num_layers" not in model:
+        return DASH
+    return f"{model['num_layers']} x BiLSTM {model.get('hidden_size', '?')}"
+
+
+def table1(rows: list[Row]) -> str:
+    header = ["corpus", "model", "variant", "status", "seeds", "epochs", "train FCE", "train FER",
+              "dev FCE", "dev FER", "test FCE / FER at best dev", "paper train FCE / FER",
+              "paper dev FCE / FER"]
+    body = []
+    for row in rows:
+        paper = PAPER_TABLE1.get(row.norm) if not row.extra else None
+        run = row.runs[0]
+        body.append([
+            row.name.removeprefix("speech_"), _model(run), row.variant, row.status,
+            ", ".join(str(r.seed) for r in row.runs),
+            f"{run.epochs_completed}/{run.protocol_epochs or '?'}",
+            row.cell("train_fce"), row.cell("train_fer"), row.cell("dev_fce"), row.cell("dev_fer"),
+            f"{row.cell('test_fce')} / {row.cell('test_fer')}",
+            f"{paper['train'][0]} / {paper['train'][1]}" if paper else DASH,
+            f"{paper['dev'][0]} / {paper['dev'][1]}" if paper else DASH,
+        ])
+    return markdown_table(header, body)
+
+
+def runs_table(rows: list[Row]) -> str:
+    header = ["corpus", "variant", "status", "time per epoch", "wall time", "parameters", "hardware"]
+    body = []
+    for row in rows:
+        params = sorted({r.final.get("num_parameters") for r in row.runs} - {None})
+        body.append([row.name.removeprefix("speech_"), row.variant, row.status,
+                     _duration(row.mean("epoch_time")), _duration(row.mean("wall_time")),
+                     ", ".join(f"{p:,}" for p in params) or DASH,
+                     "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))])
+    return markdown_table(header, body)
+
+
+def csv_rows(rows: list[Row]) -> list[dict]:
+    out = []
+    for row in rows:
+        paper = PAPER_TABLE1.get(row.norm) if not row.extra else None
+        run = row.runs[0]
+        record = {"experiment": row.name, "norm": row.norm, "overrides": row.extra,
+                  "status": row.status, "n_runs": len(row.runs),
+                  "seeds": " ".join(str(r.seed) for r in row.runs),
+                  "epochs_completed": run.epochs_completed, "protocol_epochs": run.protocol_epochs}
+        for key in METRICS:
+            values = row.values(key)
+            record[f"{key}_mean"] = statistics.fmean(values) if values else None
+            record[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        for split in ("train", "dev"):
+            record[f"paper_{split}_fce"] = paper[split][0] if paper else None
+            record[f"paper_{split}_fer"] = paper[split][1] if paper else None
+        record["hardware"] = "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))
+        out.append(record)
+    return out
+
+
+def findings(rows: list[Row]) -> str:
+    """What the complete baseline/BN pairs show, against the paper's two claims."""
+    complete = {(r.name, r.norm): r for r in rows if r.complete and not r.extra}
+    sentences = []
+    for name in sorted({r.name for r in rows}, key=lambda n: _order(CORPORA, n)):
+        base, bn = complete.get((name, "none")), complete.get((name, "bn_input"))
+        if not base or not bn or None in (base.mean("train_fce"), bn.mean("train_fce"),
+                                          base.mean("dev_fce"), bn.mean("dev_fce")):
+            continue
+        corpus = name.removeprefix("speech_")
+        tb, tn = base.mean("train_fce"), bn.mean("train_fce")
+        db, dn = base.mean("dev_fce"), bn.mean("dev_fce")
+        gap_b, gap_n = db - tb, dn - tn
+        sentences.append(
+            f"{corpus}: sequence-wise BN {'lowers' if tn < tb else 'raises'} the best train FCE "
+            f"from {tb:.3f} to {tn:.3f} and {'lowers' if dn < db else 'raises'} the best dev FCE "
+            f"from {db:.3f} to {dn:.3f}; the dev-minus-train gap is {gap_b:.3f} for the baseline "
+            f"and {gap_n:.3f} with BN.")
+        epochs = _epochs_to_reach(base, bn)
+        if epochs:
+            sentences.append(epochs)
+        faster = tn < tb
+        overfits = gap_n > gap_b
+        verdict = {(True, True): "both of the paper's claims (faster training, more overfitting)",
+                   (True, False): "the paper's faster training but not its larger overfitting",
+                   (False, True): "the paper's larger overfitting but not its faster training",
+                   (False, False): "neither of the paper's claims"}[(faster, overfits)]
+        sentences.append(f"This reproduces {verdict} on this corpus.")
+        if {len(base.runs), len(bn.runs)} == {1}:
+            sentences.append("Each row is a single seed; small differences may be seed noise.")
+    if not sentences:
+        sentences.append("No corpus has complete runs of both the baseline and BN yet, so no "
+                         "comparison is drawn; the rows above are marked by status.")
+    excluded = [r for r in rows if not r.complete]
+    if excluded:
+        sentences.append(f"{len(excluded)} run(s) did not complete the protocol (see status) and "
+                         "are left out of these comparisons.")
+    return " ".join(sentences)
+
+
+def _epochs_to_reach(base: Row, bn: Row) -> str | None:
+    """'BN reaches the baseline's final train FCE (x) at epoch k of n' — the paper's "faster"."""
+    b_epochs, b_values = _mean_curve(base.runs, "train_fce")
+    n_epochs, n_values = _mean_curve(bn.runs, "train_fce")
+    if not b_values or not n_values:
+        return None
+    target = b_values[-1]
+    reached = next((e for e, v in zip(n_epochs, n_values) if v <= target), None)
+    if reached is None:
+        return (f"BN does not reach the baseline's final train FCE ({target:.3f}, epoch "
+                f"{b_epochs[-1]}) within its {n_epochs[-1]} epochs.")
+    return (f"BN reaches the baseline's final train FCE ({target:.3f}, epoch {b_epochs[-1]}) at "
+            f"epoch {reached}.")
+
+
+def _mean_curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
+    curves = [dict(zip(*r.curve(key))) for r in runs]
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return common, [statistics.fmean(c[e] for c in curves) for e in common]
+
+
+def plot_curves(rows: list[Row], base: Path) -> list[Path]:
+    """Figure 1 analogue: FCE per epoch, train dotted and dev solid, baseline blue, BN red."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    names = sorted({r.name for r in rows}, key=lambda n: _order(CORPORA, n))
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # the same bytes whatever the user's matplotlibrc says
+        fig = Figure(figsize=(5.0 * len(names) + 0.5, 4.4), dpi=100)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, len(names), squeeze=False)[0]
+        handles: dict[str, object] = {}
+        for ax, name in zip(axes, names):
+            for row in (r for r in rows if r.name == name):
+                colour = COLOURS.get(row.norm, "#7f7f7f")
+                alpha = 1.0 if row.complete else 0.45
+                for key, style in (("train_fce", ":"), ("dev_fce", "-")):
+                    epochs, values = _mean_curve(row.runs, key)
+                    if epochs:
+                        (line,) = ax.plot(epochs, values, linestyle=style, marker="o",
+                                          markersize=2.5, color=colour, alpha=alpha)
+                        if key == "dev_fce":
+                            label = row.variant + ("" if row.complete else f" ({row.runs[0].status})")
+                            handles.setdefault(label, line)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(CORPORA.get(name, name), fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("frame cross-entropy, nats (train dotted, dev solid)")
+        ncol = max(1, min(len(handles), 2))
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
+                   fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, min(0.5, 0.05 + 0.05 * math.ceil(len(handles) / ncol)), 1, 1))
+        return save_figure(fig, base)
+
+
+def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
+    """Write ``out_dir/speech.{md,csv}`` and ``out_dir/speech_curves.{png,pdf}``."""
+    runs = load_runs(runs_root)
+    if not runs:
+        raise RunError(f"{runs_root}: no run directory (final.json) under it; copy runs in with "
+                       "scripts/collect_runs.py")
+    foreign = [str(r.path) for r in runs if r.name not in CORPORA or r.norm is None]
+    if foreign:
+        raise RunError(f"not speech runs (name must be one of {sorted(CORPORA)}, with a norm): "
+                       f"{foreign}")
+    rows = group_rows(runs)
+    out_dir = Path(out_dir)
+    corpora = [f"- `{n}`: {CORPORA[n]}." for n in sorted({r.name for r in rows},
+                                                        key=lambda n: _order(CORPORA, n))]
+    md = "\n".join([
+        "# Framewise speech alignment: Laurent et al. Table 1 and Figure 1 analogues",
+        "",
+        "Best frame cross-entropy (FCE, nats per frame) and frame error rate (FER) over epochs on "
+        "the training and development sets, as in the paper's Table 1; test FCE / FER with the "
+        "weights of the best dev-FCE epoch. Complete runs: mean ± sample std over seeds; any "
+        "other run has a row of its own, marked in the status column. Train numbers are the "
+        "running averages of each training epoch (training mode).",
+        "",
+        *corpora,
+        f"- Paper columns: {PAPER_SOURCE}. That corpus and label set differ from ours (WSJ is "
+        "LDC-licensed, REFERENCE.md §5), so compare the baseline-vs-BN pattern, not the values.",
+        "",
+        table1(rows),
+        "## Findings",
+        "",
+        findings(rows),
+        "",
+        "## Runs",
+        "",
+        runs_table(rows),
+        "![FCE per epoch](speech_curves.png)",
+        "",
+        "## Provenance",
+        "",
+        provenance(runs, command),
+    ])
+    table = out_dir / "speech"
+    write_table(table, md, csv_rows(rows))
+    figures = plot_curves(rows, out_dir / "speech_curves")
+    return [table.with_suffix(".md"), table.with_suffix(".csv"), *figures]

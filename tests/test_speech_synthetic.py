@@ -1,0 +1,129 @@
+"""The offline eSpeak corpus: byte-identical generations, exact labels, clear errors, and a
+few-batch run of experiment=speech_synthetic through the trainer."""
+import ctypes
+import json
+
+import numpy as np
+import pytest
+
+from bnrnn.data.download import DataError
+from bnrnn.data.speech import espeak
+from bnrnn.data.speech.espeak import PHONEME_CLASSES, Segment, class_of, frame_labels
+from bnrnn.data.speech.synthetic import SyntheticSpeechData, make_plan, normalize
+from tests.helpers import train
+
+SIZES = {"train": 4, "dev": 2, "test": 2}
+
+
+def corpus_options(ptb_root, cache):
+    return dict(root=str(ptb_root), cache_dir=str(cache), utterances=SIZES, shard_size=2,
+                workers=2, progress=False, max_frames=None)
+
+
+@pytest.fixture(scope="module")
+def corpus(ptb_root, tmp_path_factory):
+    return SyntheticSpeechData(**corpus_options(ptb_root, tmp_path_factory.mktemp("synth")))
+
+
+def test_generation_is_byte_identical(corpus, ptb_root, tmp_path):
+    """Same config, a second cache: every shard (each from its own fresh process) and the
+    manifest are byte-for-byte the same."""
+    again = SyntheticSpeechData(**corpus_options(ptb_root, tmp_path))
+    first = sorted(p.name for p in corpus.directory.iterdir())
+    assert first == sorted(p.name for p in again.directory.iterdir())
+    assert len([n for n in first if n.startswith("train-")]) == 2  # two shards, two processes
+    for name in first:
+        assert (corpus.directory / name).read_bytes() == (again.directory / name).read_bytes(), name
+
+
+def test_manifest_and_splits(corpus):
+    manifest = json.loads((corpus.directory / "manifest.json").read_text())
+    assert [len(manifest["plan"][s]) for s in ("train", "dev", "test")] == [4, 2, 2]
+    assert manifest["config"]["classes"] == list(PHONEME_CLASSES)
+    assert all(len(s["sha256"]) == 64 and s["frames"] > 0 for s in manifest["shards"])
+    assert {s: len(u) for s, u in corpus.splits.items()} == SIZES
+    voices = {u["voice"] for s in manifest["plan"].values() for u in s}
+    assert voices <= set(espeak.VOICES) and len(voices) > 1
+    assert corpus.dims["num_classes"] == len(PHONEME_CLASSES) == 75
+    features, lengths, labels = next(corpus.batches("dev"))
+    assert features.shape[1:] == (2, 123) and labels.shape == features.shape[:2]
+    # an utterance ends in eSpeak's end pause (silence) and has many phonemes before it
+    for b in range(2):
+        y = labels[: lengths[b], b]
+        assert y[-1] == 0 and len(set(y.tolist())) > 5
+
+
+def test_corpus_changes_with_its_seed(corpus, ptb_root, tmp_path):
+    other = SyntheticSpeechData(**corpus_options(ptb_root, tmp_path) | {"utterances": {"train": 2}, "seed": 1})
+    assert other.directory.name != corpus.directory.name
+    assert other.manifest["plan"]["train"] != corpus.manifest["plan"]["train"][:2]
+
+
+def test_frame_labels_take_the_phoneme_at_each_frame_centre():
+    # frame t covers samples [160 t, 160 t + 400) at 16 kHz: its centre is 10 t + 12.5 ms
+    segments = [Segment("_", 0, 20), Segment("n", 20, 33), Segment("_:", 33, 60)]
+    labels = frame_labels(segments, num_samples=16 * 60)  # 60 ms -> 4 frames
+    assert labels.tolist() == [0, class_of("n"), class_of("n"), 0]  # centres 12.5, 22.5, 32.5, 42.5 ms
+    labels = frame_labels([Segment("_", 0, 10), Segment("n", 10, 40)], num_samples=16 * 40)
+    assert labels.tolist() == [class_of("n"), class_of("n")]  # centres 12.5 and 22.5 ms
+
+
+def test_phoneme_inventory():
+    assert PHONEME_CLASSES[0] == "sil" and len(set(PHONEME_CLASSES)) == len(PHONEME_CLASSES)
+    assert class_of("_") == class_of("_:") == class_of("_!") == 0
+    assert class_of("aI@") == PHONEME_CLASSES.index("aI@")
+    with pytest.raises(DataError, match=r"phoneme 'Q\^'.*PHONEMES"):
+        class_of("Q^")
+
+
+def test_text_normalisation_and_plan():
+    rng = np.random.default_rng(0)
+    text = normalize("the <unk> company 's N shares did n't rise".split(), rng)
+    assert "<unk>" not in text and "company's" in text and "didn't" in text
+    assert " N " not in text and any(ch.isdigit() for ch in text)
+    lines = ["a b c d", "too short", "one two three four five"]
+    plan = make_plan(lines, 5, np.random.default_rng(1), min_words=3, voices=["en-us", "en"],
+                     variants=["", "f1"], rate=(150, 160), pitch=(40, 40), pitch_range=(50, 50),
+                     prefix="dev")
+    assert [u["id"] for u in plan] == [f"dev-{k:06d}" for k in range(5)]
+    assert {u["line"] for u in plan} <= {0, 2}  # "too short" has 2 < 3 words
+    assert all(150 <= u["rate"] <= 160 and u["pitch"] == 40 for u in plan)
+
+
+def test_missing_libespeak_says_how_to_install(monkeypatch, ptb_root, tmp_path):
+    monkeypatch.setattr(espeak.ctypes.util, "find_library", lambda name: None)
+
+    def no_library(name, *a, **k):
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(espeak.ctypes, "CDLL", no_library)
+    with pytest.raises(DataError, match=r"libespeak-ng is not installed.*apt-get install espeak-ng"):
+        SyntheticSpeechData(**corpus_options(ptb_root, tmp_path))
+    assert ctypes.CDLL is no_library  # (the patch was what failed, not something else)
+
+
+def test_bad_config_is_a_clear_error(ptb_root, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['valid'\]"):
+        SyntheticSpeechData(**corpus_options(ptb_root, tmp_path) | {"utterances": {"valid": 3}})
+    with pytest.raises(ValueError, match=r"rate must be \[min, max\]"):
+        SyntheticSpeechData(**corpus_options(ptb_root, tmp_path) | {"rate": [200, 100]})
+    with pytest.raises(ValueError, match="unknown voice 'xx-yy'"):
+        espeak.ESpeak().set_voice("xx-yy")
+
+
+@pytest.mark.parametrize("norm", ["bn_input"])
+def test_experiment_runs_a_few_batches(corpus, ptb_root, norm):
+    """experiment=speech_synthetic end to end on the small corpus (tiny model, 2 batches)."""
+    cache = corpus.directory.parent
+    overrides = ["experiment=speech_synthetic", f"data.root={ptb_root}", f"data.cache_dir={cache}",
+                 "data.utterances={train: 4, dev: 2, test: 2}", "data.shard_size=2",
+                 "data.max_frames=null", "data.batch_size=2", "data.eval_batch_size=2",
+                 "data.progress=false", "model.hidden_size=8", "model.num_layers=2",
+                 f"model.norm={norm}", "trainer.max_epochs=1", "device=cpu", "quiet=true",
+                 "trainer.check_every=1"]
+    run_dir = cache.parent / f"run-{norm}"
+    objective, final, rows = train(overrides, run_dir)
+    assert final["status"] == "completed" and final["selection"] == "dev_fce"
+    assert rows[0]["step"] == 2 and 0 < rows[0]["train_fer"] <= 1
+    assert objective == rows[0]["dev_fce"] and final["test"]["fer"] <= 1
+    assert np.log(75) * 0.5 < rows[0]["dev_fce"] < np.log(75) * 2  # ~uniform after 2 steps
