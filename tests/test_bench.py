@@ -1,0 +1,41 @@
+"""scripts/bench_rnn.py end to end on a tiny shape (CPU): every variant timed, ratios to nn.LSTM."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_rnn  # noqa: E402
+
+
+def test_bench_writes_a_table_with_every_variant_and_ratios(tmp_path):
+    out = tmp_path / "bench.md"
+    bench_rnn.main(["--device", "cpu", "--shapes", "tiny", "--ptb-sizes", "", "--reps", "2",
+                    "--warmup", "1", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["variant"]: r for r in data["rnn"]}
+    assert set(rows) == {label for label, *_ in bench_rnn.VARIANTS}
+    assert rows["nn.LSTM"]["ratio"] == 1.0
+    for r in rows.values():
+        assert r["ms"] > 0 and r["ratio"] == pytest.approx(r["ms"] / rows["nn.LSTM"]["ms"])
+    assert rows["bn_recurrent"]["backend"] == "reference"  # CPU: the fused kernels need a GPU
+    md = out.read_text()
+    assert "Hardware:" in md and "Git revision:" in md and "Command: `python" in md
+    assert "| bn_recurrent | reference |" in md
+    # re-rendering the JSON measures nothing and says so
+    again = tmp_path / "again.md"
+    bench_rnn.main(["--from-json", str(out.with_suffix(".json")), "--out", str(again)])
+    rendered = again.read_text().splitlines()
+    assert sum("nothing re-measured" in line for line in rendered) == 1
+    assert [line for line in rendered if "nothing re-measured" not in line] == md.splitlines()
+
+
+def test_protocol_estimate_needs_every_table2_run():
+    meta = dict(hardware="x", device="cuda", git_revision="r", date="d", warmup=1, reps=1, command="c")
+    row = dict(size="ptb_small", norm="none", backend="native", train_step_ms=1.0, eval_step_ms=1.0,
+               peak_mib=1.0, tokens_per_s=1.0, epoch_s=1.0, protocol_epochs=15, protocol_hours=0.1)
+    md = bench_rnn.markdown([], [row], meta)
+    assert "not established by this benchmark" in md and "ptb_large ln" in md
+    full = [dict(row, size=s, norm=n) for s in bench_rnn.PTB_PROTOCOL for n in bench_rnn.TABLE2_NORMS]
+    assert "(met)" in bench_rnn.markdown([], full, meta)
