@@ -1,7 +1,10 @@
 """Experiment loggers. ``metrics.jsonl`` is always written by the trainer; these are extra."""
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+
+from bnrnn.io import write_text
 
 
 class NullLogger:
@@ -29,9 +32,9 @@ class WandbLogger:
         import wandb
 
         id_file = Path(run_dir) / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id + "\n")
+        # our own id (wandb.util.generate_id is gone from recent wandb): 8 lowercase hex chars
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+        write_text(id_file, run_id + "\n")
         self.run = wandb.init(project=project, entity=entity, group=group, tags=list(tags or []),
                               name=name, mode=mode, dir=str(run_dir), id=run_id, resume="allow")
 

@@ -125,3 +125,23 @@ def test_max_time_ends_a_run_cleanly_and_marks_it_shortened(tiny, tmp_path):
     assert final["status"] == "completed" and final["shortened"] is True
     assert final["test"]["ppl"] > 1 and "max_time" in final["stop_reason"]
     assert objective == rows[0]["valid_ppl"]
+
+
+def test_reestimate_option_replaces_population_statistics_before_evaluation(tiny, tmp_path):
+    _, final, _ = train([*tiny, "model.norm=bn_input", "trainer.reestimate_batches=2"], tmp_path)
+    assert final["status"] == "completed"
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")["model"]
+    tracked = best["rnn.layers.0.norm_ih.num_batches_tracked"]
+    # saved after the validation pass: the statistics of exactly the 2 re-estimation batches
+    assert tracked[:5].tolist() == [2] * 5 and tracked[5:].sum() == 0  # bptt 5: steps 0..4
+
+
+def test_wandb_logger_offline_and_resumable(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train([*tiny, "logger=wandb", "trainer.max_epochs=1"], tmp_path)
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    train([*tiny, "logger=wandb", "trainer.max_epochs=2", "resume=true"], tmp_path)
+    assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id  # the same wandb run continues
