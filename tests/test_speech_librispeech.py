@@ -129,3 +129,50 @@ def test_no_download_without_audio(sample, tmp_path):
     root = make_root(tmp_path / "root", sample)
     with pytest.raises(DataError, match="downloads are disabled"):
         LibriSpeechData(**options(root, sample, tmp_path / "cache", audio_dir=None, download=False))
+
+
+def test_label_download_is_verified(sample, tmp_path):
+    """The download path of the label file, offline through a file:// URL."""
+    from bnrnn.data.speech.librispeech import fetch_labels
+
+    url = (sample / "phone_labels.txt").as_uri()
+    with pytest.raises(DataError, match="checksum mismatch"):
+        fetch_labels("phone_labels.txt", root=None, cache_dir=tmp_path, sha1="0" * 40,
+                     download_ok=True, url=url)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left behind
+    path = fetch_labels("phone_labels.txt", root=None, cache_dir=tmp_path,
+                        sha1=FIXTURE_LABELS_SHA1, download_ok=True, url=url)
+    assert path == tmp_path / "phone_labels.txt" and path.read_bytes() == (sample / "phone_labels.txt").read_bytes()
+
+
+def test_audio_download_is_verified_then_unpacked(sample, tmp_path, monkeypatch):
+    """ensure_audio end to end, offline: a small train-clean-100.tar.gz served from a file://
+    URL is downloaded (lhotse), MD5-checked, unpacked, and the features come out as usual."""
+    import tarfile
+
+    from bnrnn.data.download import RemoteFile
+    from bnrnn.data.speech import librispeech
+
+    tree = tmp_path / "tree" / "LibriSpeech" / "train-clean-100"
+    for uid in (TRAIN, TEST):
+        spk, chapter, _ = uid.split("-")
+        (tree / spk / chapter).mkdir(parents=True)
+        shutil.copy(sample / "test_db" / spk / chapter / f"{uid}.flac", tree / spk / chapter)
+    archive = tmp_path / "served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "LibriSpeech", arcname="LibriSpeech")
+    root = make_root(tmp_path / "root", sample)
+    cache = tmp_path / "cache"
+
+    monkeypatch.setattr(librispeech, "AUDIO_ARCHIVE",
+                        RemoteFile("train-clean-100.tar.gz", archive.as_uri(), "0" * 32))
+    with pytest.raises(DataError, match=r"checksum mismatch .*train-clean-100.tar.gz"):
+        LibriSpeechData(**options(root, sample, cache, audio_dir=None))
+    assert not (cache / "LibriSpeech").exists()  # a bad archive is never unpacked
+
+    (cache / "train-clean-100.tar.gz").unlink()
+    monkeypatch.setattr(librispeech, "AUDIO_ARCHIVE",
+                        RemoteFile("train-clean-100.tar.gz", archive.as_uri(), md5sum(archive)))
+    d = LibriSpeechData(**options(root, sample, cache, audio_dir=None))
+    assert (cache / "LibriSpeech" / "train-clean-100" / ".completed").is_file()
+    assert d.splits["train"].num_frames == 508 and d.splits["test"].num_frames == 1119
