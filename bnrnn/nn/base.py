@@ -9,6 +9,7 @@ Shapes are time-major like ``nn.LSTM``: input (T, B, I), output (T, B, D*H), sta
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -257,16 +258,19 @@ class RecurrentStack(nn.Module):
         weights = []
         for layer in self.layers:  # nn.LSTM's order: layer-major, direction-minor
             weights += [layer.weight_ih, layer.weight_hh, layer.bias, torch.zeros_like(layer.bias)]
-        hx = state if self.n_states > 1 else state[0]
         args = (weights, True, self.num_layers, self.dropout, self.training, self.bidirectional)
-        if lengths is None:
-            out, *last = self.native_fn(input, hx, *args, False)
-            return out, tuple(last)
-        packed = nn.utils.rnn.pack_padded_sequence(input, lengths.cpu(), enforce_sorted=False)
-        order, unorder = packed.sorted_indices, packed.unsorted_indices
-        hx = tuple(s.index_select(1, order) for s in state)
-        out, *last = self.native_fn(packed.data, packed.batch_sizes,
-                                    hx if self.n_states > 1 else hx[0], *args)
+        hx = lambda states: states if self.n_states > 1 else states[0]  # noqa: E731 (_VF's form)
+        with warnings.catch_warnings():
+            # cuDNN copies our per-layer weights into its flat buffer at every call (and warns
+            # about it); for these sizes that copy is a small fraction of the step
+            warnings.filterwarnings("ignore", message="RNN module weights are not part")
+            if lengths is None:
+                out, *last = self.native_fn(input, hx(state), *args, False)
+                return out, tuple(last)
+            packed = nn.utils.rnn.pack_padded_sequence(input, lengths.cpu(), enforce_sorted=False)
+            order, unorder = packed.sorted_indices, packed.unsorted_indices
+            sorted_state = tuple(s.index_select(1, order) for s in state)
+            out, *last = self.native_fn(packed.data, packed.batch_sizes, hx(sorted_state), *args)
         out, _ = nn.utils.rnn.pad_packed_sequence(
             nn.utils.rnn.PackedSequence(out, packed.batch_sizes, order, unorder),
             total_length=input.shape[0])
