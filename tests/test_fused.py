@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from bnrnn.nn import NormLSTM, fused
+from bnrnn.nn import NormLSTM, NormRNN, fused
 from bnrnn.nn.fused.loops import GRAPHS, make_plan
 
 NORMS = ["none", "bn_input", "bn_recurrent", "ln", "bn_sum"]
@@ -74,10 +74,39 @@ def test_fused_stacked_bidirectional_with_tmax(norm):
         assert_same(run(ref, x, None, lengths), run(fus, x, None, lengths), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("norm", ["none", "bn_input", "bn_sum"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_fused_tanh_rnn_equals_reference_float64(norm, train):
+    ref = NormRNN(3, 5, 2, True, 0.0, norm, backend="reference", max_steps=4).double()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.rand_like(p))
+    ref.train()
+    ref(torch.randn(5, 6, 3, dtype=f64))
+    fus = copy.deepcopy(ref)
+    fus.backend = "fused"
+    ref.train(train)
+    fus.train(train)
+    x = torch.randn(5, 6, 3, dtype=f64)
+    h0 = torch.randn(4, 6, 5, dtype=f64)
+    lengths = torch.tensor([5, 2, 3, 5, 1, 4])
+    results = []
+    for m in (ref, fus):
+        xx = x.clone().requires_grad_()
+        out, h = m(xx, h0, lengths=lengths)
+        ((out * torch.linspace(-1, 1, out.numel(), dtype=f64).view_as(out)).sum() + h.square().sum()).backward()
+        results.append({"out": out, "h": h, "dx": xx.grad,
+                        **{"grad " + n: p.grad for n, p in m.named_parameters()},
+                        **{"buffer " + n: b for n, b in m.named_buffers()}})
+    assert_same(*results, rtol=1e-9, atol=1e-11)
+
+
 def test_auto_backend_uses_fused_only_on_cuda():
     m = NormLSTM(3, 4, norm="ln")
     assert m.resolve_backend(torch.zeros(1)) == "reference"
     assert NormLSTM(3, 4).resolve_backend(torch.zeros(1)) == "native"
+    assert NormRNN(3, 4, norm="bn_sum").resolve_backend(torch.zeros(1)) == "reference"
 
 
 def test_plan_tiles_hold_what_each_norm_reduces_over():
@@ -145,3 +174,26 @@ def test_gpu_bf16_autocast_as_close_as_the_reference_in_bf16(norm):
         out_fused, _ = fus(x)
     e_fused, e_ref = rel(out_fused, exact.double()), rel(out_ref, exact.double())
     assert e_fused <= max(3 * e_ref, 1e-3), f"bf16: fused {e_fused:.2e} vs reference {e_ref:.2e}"
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("norm", ["none", "bn_sum"])
+def test_gpu_fused_tanh_rnn_within_the_references_own_rounding(norm):
+    """The appendix's char RNN shape (3 x 250, T 100, B 32) in fp32 against float64."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref = NormRNN(250, 250, 3, False, 0.0, norm, backend="reference").to("cuda", f64)
+    ref32, fus = copy.deepcopy(ref).float(), copy.deepcopy(ref).float()
+    fus.backend = "fused"
+    for call in range(3):
+        x = torch.randn(100, 32, 250, device="cuda", dtype=f64)
+        results = []
+        for m, xx in ((ref, x), (ref32, x.float()), (fus, x.float())):
+            xx = xx.clone().requires_grad_()
+            out, h = m(xx)
+            (out.square().sum() + h.sum()).backward()
+            results.append({"out": out, "dx": xx.grad, **{n: p.grad for n, p in m.named_parameters()}})
+            m.zero_grad(set_to_none=True)
+        a, r, b = results
+        for k in a:
+            assert rel(b[k], a[k]) <= max(3 * rel(r[k], a[k]), 1e-5), f"call {call} {k}"

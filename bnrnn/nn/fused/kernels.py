@@ -411,3 +411,93 @@ def lstm_step_bwd(
     tl.store(DR + off + H, d1, mask=tm)
     tl.store(DR + off + 2 * H, d2, mask=tm)
     tl.store(DR + off + 3 * H, d3, mask=tm)
+
+
+# ------------------------------------------------------------------ the tanh RNN (one gate)
+@triton.jit
+def tanh_step_fwd(
+    R, P, HP, CP, HN, CN, M,
+    GHH, BHH, MHH, VHH, GS, BS, MS, VS, GC, BC, MC, VC,
+    B, H, eps,
+    HH: tl.constexpr, SUM: tl.constexpr, CELL: tl.constexpr,
+    HAS_BHH: tl.constexpr, HAS_BS: tl.constexpr, HAS_BC: tl.constexpr,
+    TRAIN: tl.constexpr, HAS_MASK: tl.constexpr, F64: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """One step of h_t = tanh(N_sum(P_t + N_hh(R))), the signature of :func:`lstm_step_fwd`
+    (R, P: (B, H); the cell arguments are unused); N_sum: none or BN (NormRNN's variants)."""
+    tl.static_assert(HH == 0 and CELL == 0)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rm, um = rows < B, units < H
+    tm = rm[:, None] & um[None, :]
+    if HAS_MASK:
+        real = (tl.load(M + rows, mask=rm, other=0) != 0) & rm
+    else:
+        real = rm
+    if F64:
+        w = real.to(tl.float64)[:, None]
+    else:
+        w = real.to(tl.float32)[:, None]
+    n = tl.maximum(tl.sum(w, axis=0), 1.0)
+    off = rows[:, None] * H + units[None, :]
+    a = _gate_pre(R, P, off, tm, 0, H, units, um, w, n, rows, rm, GHH, BHH, MHH, VHH,
+                  GS, BS, MS, VS, eps, HH, SUM, HAS_BHH, HAS_BS, TRAIN, F64)
+    h = tl.where(real[:, None], _tanh(a), _load(HP + off, tm, F64))
+    tl.store(HN + off, h, mask=tm)
+
+
+@triton.jit
+def tanh_step_bwd(
+    R, P, CP, M, GH, GO, GC_, DR, DP,
+    GHH, BHH, MHH, VHH, GS, BS, MS, VS, GC, BC, MC, VC,
+    DGHH, DBHH, DGS, DBS, DGC, DBC,
+    B, H, eps,
+    HH: tl.constexpr, SUM: tl.constexpr, CELL: tl.constexpr,
+    HAS_BHH: tl.constexpr, HAS_BS: tl.constexpr, HAS_BC: tl.constexpr,
+    TRAIN: tl.constexpr, HAS_MASK: tl.constexpr, F64: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Backward of :func:`tanh_step_fwd` (the signature of :func:`lstm_step_bwd`; R, P, DR, DP
+    are (B, H)). In place: GH <- the part of ∂L/∂h_{t-1} that skips padded rows."""
+    tl.static_assert(HH == 0 and CELL == 0)
+    pid_b = tl.program_id(0)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rm, um = rows < B, units < H
+    tm = rm[:, None] & um[None, :]
+    if HAS_MASK:
+        real = (tl.load(M + rows, mask=rm, other=0) != 0) & rm
+    else:
+        real = rm
+    if F64:
+        w = real.to(tl.float64)[:, None]
+    else:
+        w = real.to(tl.float32)[:, None]
+    n = tl.maximum(tl.sum(w, axis=0), 1.0)
+    off = rows[:, None] * H + units[None, :]
+    pb = pid_b * H
+    s = _load(R + off, tm, F64) + _load(P + off, tm, F64)
+    if SUM == 1:
+        ms, vs = _bn_stats(s, w, n, units, um, MS, VS, False, F64)
+        qs = 1.0 / tl.sqrt(vs + eps)
+        z = (s - ms[None, :]) * qs[None, :]
+        e = _load(GS + units, um, F64)[None, :]
+        a = z * e
+        if HAS_BS:
+            a += _load(BS + units, um, F64)[None, :]
+    else:
+        a = s
+    h = _tanh(a)
+    gh = _load(GH + off, tm, F64)
+    da = w * (gh + _load(GO + off, tm, F64)) * (1.0 - h * h)
+    if SUM == 1:
+        if HAS_BS:
+            tl.store(DBS + pb + units, tl.sum(da, axis=0), mask=um)
+        tl.store(DGS + pb + units, tl.sum(da * z, axis=0), mask=um)
+        ds = _bn_bwd(da * e, z, w, n, qs, TRAIN)
+    else:
+        ds = da
+    tl.store(DP + off, ds, mask=tm)
+    tl.store(DR + off, ds, mask=tm)
+    tl.store(GH + off, (1.0 - w) * gh, mask=tm)

@@ -1,9 +1,9 @@
-"""Host side of the fused LSTM recurrence: the time loops, autograd and CUDA graphs.
+"""Host side of the fused recurrences (LSTM and tanh RNN): time loops, autograd, CUDA graphs.
 
 Forward, for t = 0 .. T-1 (two launches per step)::
 
     R[t] = Hs[t] @ W_hh^T                                      cuBLAS
-    Hs[t+1], Cs[t+1] = step(R[t], P[t], Hs[t], Cs[t])          kernels.lstm_step_fwd
+    Hs[t+1], Cs[t+1] = step(R[t], P[t], Hs[t], Cs[t])          kernels.lstm_step_fwd (tanh_step_fwd)
 
 Backward, for t = T-1 .. 0::
 
@@ -32,6 +32,7 @@ SAVED = ("p", "Hs", "Cs", "R", "W", "mask", "g_hh", "b_hh", "g_s", "b_s", "g_c",
 class Plan:
     """Everything static about one call of the recurrence (also the CUDA-graph cache key)."""
 
+    gates: int       # 4: LSTM (state h, c), 1: tanh RNN (state h)
     hh: int          # slot kinds: 0 none, 1 BN, 2 LN
     sum: int
     cell: int
@@ -51,7 +52,7 @@ class Plan:
 
 
 def make_plan(hh: int, sum_: int, cell: int, *, B: int, H: int, train: bool, has_mask: bool,
-              f64: bool, eps: float) -> Plan:
+              f64: bool, eps: float, gates: int = 4) -> Plan:
     """Tile shapes: BN needs every row of the batch in a program, LN every hidden unit."""
     if hh == kernels.LN and sum_ != kernels.NONE:
         raise ValueError("fused LSTM: a normalized sum after a layer-normalized W_h h is not supported")
@@ -71,7 +72,9 @@ def make_plan(hh: int, sum_: int, cell: int, *, B: int, H: int, train: bool, has
     else:
         block_b, block_h = min(pow2(B), 16), min(pow2(H), 64)
     num_warps = 8 if block_b * block_h >= 2048 else 4
-    return Plan(hh, sum_, cell, train, has_mask, f64, eps, block_b, block_h, num_warps)
+    if gates == 1 and (hh != kernels.NONE or cell != kernels.NONE):
+        raise ValueError("fused tanh RNN: only the summed pre-activation may be normalized")
+    return Plan(gates, hh, sum_, cell, train, has_mask, f64, eps, block_b, block_h, num_warps)
 
 
 def _grid(plan: Plan, B: int, H: int) -> tuple[int, int]:
@@ -95,12 +98,14 @@ def forward_loop(plan: Plan, inp: dict[str, Tensor | None]) -> dict[str, Tensor 
     (BN: (T, F) per feature; LN: (T, B) per row)."""
     p, W, mask = inp["p"], inp["W"], inp["mask"]
     T, B, G = p.shape
-    H = G // 4
+    H = G // plan.gates
     acc = torch.float64 if plan.f64 else torch.float32
     Hs = p.new_empty(T + 1, B, H)
-    Cs = torch.empty(T + 1, B, H, dtype=acc, device=p.device)
     Hs[0].copy_(inp["h0"])
-    Cs[0].copy_(inp["c0"])
+    Cs = None
+    if plan.gates == 4:
+        Cs = torch.empty(T + 1, B, H, dtype=acc, device=p.device)
+        Cs[0].copy_(inp["c0"])
     R = torch.empty_like(p)
     out = {"Hs": Hs, "Cs": Cs, "R": R}
     for slot, kind, F in (("hh", plan.hh, G), ("s", plan.sum, G), ("c", plan.cell, H)):
@@ -113,10 +118,12 @@ def forward_loop(plan: Plan, inp: dict[str, Tensor | None]) -> dict[str, Tensor 
     const = plan.constexprs(inp["b_hh"], inp["b_s"], inp["b_c"])
     grid = _grid(plan, B, H)
     Wt = W.t()
+    step = kernels.lstm_step_fwd if plan.gates == 4 else kernels.tanh_step_fwd
     for t in range(T):
         torch.mm(Hs[t], Wt, out=R[t])
-        kernels.lstm_step_fwd[grid](
-            R[t], p[t], Hs[t], Cs[t], Hs[t + 1], Cs[t + 1], _ptr(_step(mask, t), p),
+        step[grid](
+            R[t], p[t], Hs[t], _ptr(_step(Cs, t), p), Hs[t + 1], _ptr(_step(Cs, t + 1), p),
+            _ptr(_step(mask, t), p),
             *(_ptr(inp[k], p) for k in ("g_hh", "b_hh")),
             *(_ptr(_step(out[k], t), p) for k in ("m_hh", "v_hh")),
             *(_ptr(inp[k], p) for k in ("g_s", "b_s")),
@@ -129,13 +136,14 @@ def forward_loop(plan: Plan, inp: dict[str, Tensor | None]) -> dict[str, Tensor 
 
 def backward_loop(plan: Plan, s: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
     """s: the saved forward tensors (SAVED) and the incoming gradients GO (T, B, H), GH, GC
-    (B, H). Returns dp (T, B, 4H), dW (4H, H), dh0, dc0 (B, H) and the gain/shift gradients."""
+    (B, H). Returns dp (T, B, G*H), dW (G*H, H), dh0, dc0 (B, H; None for the tanh RNN) and the
+    gain/shift gradients."""
     p, W, mask, R, Hs, Cs = s["p"], s["W"], s["mask"], s["R"], s["Hs"], s["Cs"]
     T, B, G = p.shape
-    H = G // 4
-    acc = Cs.dtype
+    H = G // plan.gates
+    acc = torch.float64 if plan.f64 else torch.float32
     GH = s["GH"].to(Hs.dtype, copy=True)
-    GC = s["GC"].to(acc, copy=True)
+    GC = None if Cs is None else s["GC"].to(acc, copy=True)
     GO = s["GO"]
     DR = torch.empty_like(R)
     DP = torch.empty_like(p)
@@ -147,9 +155,11 @@ def backward_loop(plan: Plan, s: dict[str, Tensor | None]) -> dict[str, Tensor |
         parts[name] = torch.empty(T, nb, F, dtype=acc, device=p.device) if present else None
     const = plan.constexprs(s["b_hh"], s["b_s"], s["b_c"])
     grid = _grid(plan, B, H)
+    step = kernels.lstm_step_bwd if plan.gates == 4 else kernels.tanh_step_bwd
     for t in range(T - 1, -1, -1):
-        kernels.lstm_step_bwd[grid](
-            R[t], p[t], Cs[t], _ptr(_step(mask, t), p), GH, GO[t], GC, DR[t], DP[t],
+        step[grid](
+            R[t], p[t], _ptr(_step(Cs, t), p), _ptr(_step(mask, t), p), GH, GO[t], _ptr(GC, p),
+            DR[t], DP[t],
             *(_ptr(s[k], p) for k in ("g_hh", "b_hh")),
             *(_ptr(_step(s[k], t), p) for k in ("m_hh", "v_hh")),
             *(_ptr(s[k], p) for k in ("g_s", "b_s")),
@@ -220,8 +230,9 @@ class GraphCache:
 GRAPHS = GraphCache()
 
 
-class LSTMRecurrence(torch.autograd.Function):
-    """Differentiable wrapper of the loops: inputs p, h0, c0, W_hh and the gains/shifts."""
+class FusedRecurrence(torch.autograd.Function):
+    """Differentiable wrapper of the loops: inputs p, h0, c0 (None for the tanh RNN), W_hh and
+    the gains/shifts; outputs (T, B, H), h_n and, for the LSTM, c_n."""
 
     @staticmethod
     def forward(ctx, plan: Plan, extra: dict, p, h0, c0, W, g_hh, b_hh, g_s, b_s, g_c, b_c):
@@ -232,22 +243,25 @@ class LSTMRecurrence(torch.autograd.Function):
         saved = {**inp, **out}
         ctx.plan, ctx.keys = plan, SAVED
         ctx.save_for_backward(*(saved.get(k) for k in SAVED))
-        ctx.dtypes = (h0.dtype, c0.dtype, W.dtype)
+        ctx.dtypes = (h0.dtype, None if c0 is None else c0.dtype, W.dtype)
         extra["stats"] = {k: out[k] for k in ("m_hh", "v_hh", "m_s", "v_s", "m_c", "v_c")}
         Hs, Cs, mask = out["Hs"], out["Cs"], inp["mask"]
         outputs = Hs[1:] * mask.unsqueeze(-1).to(Hs.dtype) if mask is not None else Hs[1:].clone()
+        if Cs is None:
+            return outputs, Hs[-1].clone()
         return outputs, Hs[-1].clone(), Cs[-1].to(c0.dtype)
 
     @staticmethod
-    def backward(ctx, d_out, d_h, d_c):
+    def backward(ctx, d_out, d_h, *d_c):
         s = dict(zip(ctx.keys, ctx.saved_tensors))
-        p, Hs = s["p"], s["Hs"]
-        T, B, _ = p.shape
+        p, Hs, Cs = s["p"], s["Hs"], s["Cs"]
         s["GO"] = torch.zeros_like(Hs[1:]) if d_out is None else d_out.contiguous()
         s["GH"] = torch.zeros_like(Hs[0]) if d_h is None else d_h
-        s["GC"] = torch.zeros_like(s["Cs"][0]) if d_c is None else d_c
+        if Cs is not None:
+            s["GC"] = torch.zeros_like(Cs[0]) if d_c[0] is None else d_c[0]
         with torch.autocast(p.device.type, enabled=False):
             g = GRAPHS(backward_loop, ctx.plan, s)
         h_dtype, c_dtype, w_dtype = ctx.dtypes
-        return (None, None, g["dp"], g["dh0"].to(h_dtype), g["dc0"].to(c_dtype), g["dW"].to(w_dtype),
+        dc0 = None if g["dc0"] is None else g["dc0"].to(c_dtype)
+        return (None, None, g["dp"], g["dh0"].to(h_dtype), dc0, g["dW"].to(w_dtype),
                 g["dg_hh"], g["db_hh"], g["dg_s"], g["db_s"], g["dg_c"], g["db_c"])
