@@ -55,16 +55,16 @@ def make_plan(hh: int, sum_: int, cell: int, *, B: int, H: int, train: bool, has
               f64: bool, eps: float, gates: int = 4) -> Plan:
     """Tile shapes: BN needs every row of the batch in a program, LN every hidden unit."""
     if hh == kernels.LN and sum_ != kernels.NONE:
-        raise ValueError("fused LSTM: a normalized sum after a layer-normalized W_h h is not supported")
+        raise ValueError("fused recurrence: a normalized sum after a layer-normalized W_h h is not supported")
     pow2 = lambda n: 1 << max(0, (n - 1).bit_length())  # noqa: E731
     bn = kernels.BN in (hh, sum_, cell)
     ln = kernels.LN in (hh, sum_, cell)
     if bn and ln:
-        raise ValueError("fused LSTM: batch and layer norm in one layer are not supported")
+        raise ValueError("fused recurrence: batch and layer norm in one layer are not supported")
     if bn:
         block_b = pow2(B)
         if block_b > 1024:
-            raise ValueError(f"fused LSTM: batch-normalized recurrences need B <= 1024; got B={B}")
+            raise ValueError(f"fused recurrence: batch normalization inside it needs B <= 1024; got B={B}")
         block_h = max(1, min(pow2(H), 1024 // block_b))
     elif ln:
         block_h = pow2(H)
