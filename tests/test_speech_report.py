@@ -49,7 +49,9 @@ def test_table_holds_the_best_values_and_the_paper(runs, tmp_path):
     assert "| synthetic | 3 x BiLSTM 128 | baseline | complete | 0 | 4/4 | 1.000 | 0.250 | 1.500 | 0.375 |" in md
     assert "| 0.95 / 0.28 | 1.11 / 0.33 |" in md and "| 0.73 / 0.22 | 1.19 / 0.34 |" in md
     assert "interrupted: 2/4 epochs" in md
-    assert "reproduces both of the paper's claims" in md  # lower train FCE, larger dev-train gap
+    # lower train FCE and a wider dev-train gap, as the paper; but a lower dev FCE, unlike it
+    assert ("reproduced: faster training (lower best train FCE); more overfitting (a wider "
+            "dev-minus-train gap). Not reproduced: no dev improvement (paper: BN 1.19 vs baseline 1.11)") in md
     assert "BN reaches the baseline's final train FCE (1.000, epoch 4) at epoch 3" in md
     with open(out / "speech.csv") as f:
         rows = list(csv.DictReader(f))
