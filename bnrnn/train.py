@@ -76,7 +76,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
         "overrides": overrides,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if git_revision() == "unknown":  # a copy of the tree without .git (e.g. a lent GPU machine)
+    # the code the run starts with (a checkout may move on while a long run trains); a copy of
+    # the tree without .git (e.g. a lent GPU machine) is told its revision by BNRNN_GIT_REVISION
+    info["git_revision"] = git_revision()
+    if info["git_revision"] == "unknown":
         info["git_revision"] = os.environ.get("BNRNN_GIT_REVISION", "unknown")
     trainer = Trainer(model=model, data=data, optimizer=optimizer, scheduler=scheduler,
                       config=trainer_cfg, run_dir=run_dir, device=device, logger=logger,
