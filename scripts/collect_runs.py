@@ -24,6 +24,13 @@ from bnrnn.report.runs import Run, RunError, load_run, load_runs  # noqa: E402
 FILES = ("final.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
+# Overrides that say how or where a run was made, not what it measures: they never name a place.
+RUN_MECHANICS = {"experiment", "model.norm", "seed", "sweep", "device", "quiet", "threads",
+                 "resume", "logger", "data.root", "data.audio_dir", "data.download",
+                 "data.cache_dir", "data.progress", "trainer.progress", "trainer.max_time",
+                 "trainer.check_every"}
+
+
 class CollectError(RuntimeError):
     pass
 
@@ -37,7 +44,11 @@ def target_name(run: Run, src: Path, layout: str) -> Path:
     if missing:
         raise CollectError(f"{run.path}: final.json/config has no {', '.join(missing)}; "
                            "use --layout relative for runs that are not named experiments")
-    return Path(str(run.name)) / str(run.norm) / f"seed{run.seed}"
+    extra = sorted(o.lstrip("+~") for o in run.overrides
+                   if o.lstrip("+~").split("=", 1)[0] not in RUN_MECHANICS)
+    # a run with other overrides (e.g. data.batch_size=20) never lands on the protocol run's place
+    suffix = "".join(f"_{o}" for o in extra).replace("/", "-")
+    return Path(str(run.name)) / str(run.norm) / f"seed{run.seed}{suffix}"
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:

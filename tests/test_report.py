@@ -302,3 +302,13 @@ def test_a_real_tiny_training_run_is_tabled(ptb_root, tmp_path):
         assert row["hardware"] == final["hardware"]
     md = (tmp_path / "out" / "ptb.md").read_text()
     assert "No size has complete runs" in md and "2 runs are not a complete protocol run" in md
+
+
+def test_collect_runs_keeps_runs_with_other_overrides_apart(tmp_path):
+    sweep, dest = tmp_path / "sweep", tmp_path / "dest"
+    protocol = write_run(sweep, subdir="a", overrides=("device=cuda", "quiet=true", "data.root=/d/ptb"))
+    zaremba = write_run(sweep, subdir="b", overrides=("data.batch_size=20", "quiet=true"))
+    assert collect_runs.main([str(sweep), "--dest", str(dest)]) == 0
+    assert (dest / "ptb_small/none/seed1/final.json").read_bytes() == (protocol / "final.json").read_bytes()
+    assert (dest / "ptb_small/none/seed1_data.batch_size=20/final.json").read_bytes() == \
+        (zaremba / "final.json").read_bytes()
