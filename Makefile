@@ -6,6 +6,7 @@ SHARED ?= ../shared/data
 TORCH_CPU ?= torch==2.13.0
 SEEDS ?= 1
 DEVICE ?= auto
+ARGS ?=
 
 .PHONY: help install test test-all bench tables reproduce-ptb reproduce-ptb-small \
         reproduce-grid reproduce-speech reproduce-speech-synthetic clean
@@ -29,12 +30,63 @@ bench: ## time every NormLSTM variant against cuDNN/native nn.LSTM -> results/be
 tables: ## regenerate results/*.md, *.csv and figures from results/runs
 	$(PYTHON) scripts/make_tables.py
 
-reproduce-ptb-small: ## Table 2, small row: 4 variants x SEEDS seeds, then the tables
-	$(PYTHON) -m bnrnn.train -m +sweep=ptb sweep_sizes=small seed_count=$(SEEDS) device=$(DEVICE) quiet=true
+# A local copy of a dataset when ../shared/data has one; otherwise the trainer downloads it.
+data_root = $(if $(wildcard $(SHARED)/$(1)),data.root=$(SHARED)/$(1),)
+
+# ---------------------------------------------------------------- Penn Treebank, Table 2
+# One sweep directory per `make` invocation (nanoseconds), so the collect step takes exactly it.
+PTB_SWEEP := multirun/reproduce_ptb/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
+PTB_SWEEP_ARGS = -m +sweep=ptb seed=$(shell seq -s, 1 $(SEEDS)) device=$(DEVICE) quiet=true \
+                 hydra.sweep.dir=$(PTB_SWEEP) $(call data_root,ptb) $(ARGS)
+
+reproduce-ptb-small: ## Table 2, small row: 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides)
+	$(PYTHON) -m bnrnn.train $(PTB_SWEEP_ARGS) experiment=ptb_small
+	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb --replace
 	$(MAKE) tables
 
-reproduce-ptb: ## Table 2: {small, medium, large} x 4 variants x SEEDS seeds, then the tables
-	$(PYTHON) -m bnrnn.train -m +sweep=ptb sweep_sizes=small,medium,large seed_count=$(SEEDS) device=$(DEVICE) quiet=true
+reproduce-ptb: ## Table 2: {small, medium, large} x 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides)
+	$(PYTHON) -m bnrnn.train $(PTB_SWEEP_ARGS)
+	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb --replace
+	$(MAKE) tables
+
+# ---------------------------------------------------------------- appendix grid, Table 3
+# Laurent et al. appendix A: the random search, once per norm on the same sampled points.
+# Reduced: make reproduce-grid TRIALS=8 EPOCHS=2 LIMIT=25. Parallel trials on one machine:
+# LAUNCHER=local JOBS=8 GRID_ARGS=threads=1 (on a GPU: GRID_ARGS=hydra.launcher.gpus_per_node=1,
+# the jobs share it; gpus_per_node=0 hides the GPU and device=auto would then train on the CPU).
+TRIALS ?= 52
+EPOCHS ?= 20
+LIMIT ?= null
+JOBS ?= 1
+LAUNCHER ?= basic
+GRID_ARGS ?=
+GRID_RUNS ?= results/runs/grid
+GRID_SWEEP = multirun/grid_char_rnn/t$(TRIALS)_e$(EPOCHS)_l$(LIMIT)
+
+reproduce-grid: ## Table 3: TRIALS random-search points x {none, bn_sum} on char PTB, then the tables
+	for norm in none bn_sum; do \
+	  $(PYTHON) -m bnrnn.train -m experiment=grid_char_rnn +hparams_search=grid model.norm=$$norm \
+	    hydra.sweeper.n_trials=$(TRIALS) hydra.sweeper.n_jobs=$(JOBS) hydra/launcher=$(LAUNCHER) \
+	    hydra.sweep.dir=$(GRID_SWEEP)/$$norm trainer.max_epochs=$(EPOCHS) data.limit_batches=$(LIMIT) \
+	    $(call data_root,ptb_char) device=$(DEVICE) quiet=true $(GRID_ARGS) || exit 1; \
+	done
+	rm -rf $(GRID_RUNS)
+	$(PYTHON) scripts/collect_runs.py $(GRID_SWEEP) --dest $(GRID_RUNS) --layout relative
+	$(MAKE) tables
+
+# ---------------------------------------------------------------- speech, Table 1
+# The synthetic corpus runs offline on CPU (~1 h; needs apt-get install espeak-ng); LibriSpeech
+# train-clean-100 + CPC labels downloads 6.4 GB and wants a GPU.
+reproduce-speech-synthetic: ## Table 1 offline on CPU: eSpeak corpus, baseline vs sequence-wise BN (~1 h), then the tables
+	$(PYTHON) -m bnrnn.train -m experiment=speech_synthetic model.norm=none,bn_input $(call data_root,ptb) \
+	  device=cpu quiet=true data.progress=false hydra.sweep.dir=multirun/reproduce_speech_synthetic $(ARGS)
+	$(PYTHON) scripts/collect_runs.py multirun/reproduce_speech_synthetic --dest results/runs/speech --replace
+	$(MAKE) tables
+
+reproduce-speech: ## Table 1 on LibriSpeech train-clean-100 + CPC labels (GPU; downloads 6.4 GB), then the tables
+	$(PYTHON) -m bnrnn.train -m experiment=speech_librispeech model.norm=none,bn_input device=$(DEVICE) \
+	  quiet=true data.progress=false hydra.sweep.dir=multirun/reproduce_speech $(ARGS)
+	$(PYTHON) scripts/collect_runs.py multirun/reproduce_speech --dest results/runs/speech --replace
 	$(MAKE) tables
 
 clean: ## remove local run outputs (never results/)
