@@ -19,16 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from bnrnn.io import atomic_write  # noqa: E402
-from bnrnn.report.runs import Run, RunError, load_run, load_runs  # noqa: E402
+from bnrnn.report.runs import MECHANICS, Run, RunError, extra_overrides, load_run, load_runs  # noqa: E402
 
 FILES = ("final.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml")
-
-
-# Overrides that say how or where a run was made, not what it measures: they never name a place.
-RUN_MECHANICS = {"experiment", "model.norm", "seed", "sweep", "device", "quiet", "threads",
-                 "resume", "logger", "data.root", "data.audio_dir", "data.download",
-                 "data.cache_dir", "data.progress", "trainer.progress", "trainer.max_time",
-                 "trainer.check_every"}
 
 
 class CollectError(RuntimeError):
@@ -44,10 +37,8 @@ def target_name(run: Run, src: Path, layout: str) -> Path:
     if missing:
         raise CollectError(f"{run.path}: final.json/config has no {', '.join(missing)}; "
                            "use --layout relative for runs that are not named experiments")
-    extra = sorted(o.lstrip("+~") for o in run.overrides
-                   if o.lstrip("+~").split("=", 1)[0] not in RUN_MECHANICS)
     # a run with other overrides (e.g. data.batch_size=20) never lands on the protocol run's place
-    suffix = "".join(f"_{o}" for o in extra).replace("/", "-")
+    suffix = "".join(f"_{o}" for o in extra_overrides(run, MECHANICS)).replace("/", "-")
     return Path(str(run.name)) / str(run.norm) / f"seed{run.seed}{suffix}"
 
 

@@ -48,7 +48,7 @@ def test_table_holds_the_best_values_and_the_paper(runs, tmp_path):
     # best over epochs, per column (Table 1): baseline train 1.000, dev 1.500
     assert "| synthetic | 3 x BiLSTM 128 | baseline | complete | 0 | 4/4 | 1.000 | 0.250 | 1.500 | 0.375 |" in md
     assert "| 0.95 / 0.28 | 1.11 / 0.33 |" in md and "| 0.73 / 0.22 | 1.19 / 0.34 |" in md
-    assert "interrupted: 2/4 epochs" in md
+    assert "interrupted at 2/4 epochs" in md
     # lower train FCE and a wider dev-train gap, as the paper; but a lower dev FCE, unlike it
     assert ("reproduced: faster training (lower best train FCE); more overfitting (a wider "
             "dev-minus-train gap). Not reproduced: no dev improvement (paper: BN 1.19 vs baseline 1.11)") in md
@@ -56,7 +56,7 @@ def test_table_holds_the_best_values_and_the_paper(runs, tmp_path):
     with open(out / "speech.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["norm"], r["status"]) for r in rows] == [("none", "complete"), ("bn_input", "complete"),
-                                                        ("bn_input", "interrupted: 2/4 epochs")]
+                                                        ("bn_input", "interrupted at 2/4 epochs")]
     assert float(rows[1]["train_fce_mean"]) == 0.6 and float(rows[1]["paper_dev_fce"]) == 1.19
 
 

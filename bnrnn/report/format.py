@@ -123,3 +123,56 @@ def save_figure(fig, base: Path, formats: tuple[str, ...] = ("png", "pdf")) -> l
                      mode="wb")
         paths.append(path)
     return paths
+
+
+def ordered(seq, value) -> tuple[int, str]:
+    """Sort key: ``value``'s place in ``seq``, unknown values after the known ones."""
+    seq = tuple(seq)
+    return (seq.index(value), "") if value in seq else (len(seq), str(value))
+
+
+def curves_figure(panels: list[tuple[str, list]], keys: tuple[str, str], *, colour, label,
+                  ylabel: str, base: Path, panel_width: float = 4.0, height: float = 4.6,
+                  log_subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> list[Path]:
+    """Train (dotted) and validation (solid) curves per epoch, log y, one panel per
+    ``(title, rows)``; each row (``.runs``, ``.complete``) drawn in ``colour(row)`` as the mean
+    over its runs, faint if it is not a complete run, and named ``label(row)`` in the legend.
+    Saved by :func:`save_figure` as ``base.png`` and ``base.pdf``."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    from bnrnn.report.runs import mean_curve
+
+    train_key, valid_key = keys
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # the same bytes whatever the user's matplotlibrc says
+        fig = Figure(figsize=(panel_width * len(panels) + 0.5, height), dpi=100)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        handles: dict[str, object] = {}
+        for ax, (title, rows) in zip(axes, panels):
+            for row in rows:
+                alpha = 1.0 if row.complete else 0.45
+                for key, style in ((train_key, ":"), (valid_key, "-")):
+                    epochs, values = mean_curve(row.runs, key)
+                    if epochs:
+                        (line,) = ax.plot(epochs, values, linestyle=style, marker="o",
+                                          markersize=2.5, color=colour(row), alpha=alpha)
+                        if key == valid_key:
+                            handles.setdefault(label(row), line)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=log_subs))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel(ylabel)
+        ncol = max(1, min(len(handles), 2 * len(panels)))
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
+                   fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, min(0.5, 0.05 + 0.05 * math.ceil(len(handles) / ncol)), 1, 1))
+        return save_figure(fig, base)

@@ -15,9 +15,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnrnn.report.format import (DASH, fmt, fmt_mean_std, markdown_table, provenance,
-                                 save_figure, write_table)
-from bnrnn.report.runs import Run, RunError, load_runs
+from bnrnn.report.format import (DASH, curves_figure, fmt, fmt_mean_std, markdown_table, ordered,
+                                 provenance, write_table)
+from bnrnn.report.runs import Run, RunError, extra_overrides, load_runs, status_mark
 
 # The published numbers, copied from ../shared/REFERENCE.md §3 (the papers are in shared/seeds/).
 PAPER_NUMBERS = {
@@ -53,14 +53,6 @@ VARIANT_NAMES = {"none": "baseline", "bn_input": "BN input (Laurent)",
 COLOURS = {"none": "#1f77b4", "bn_input": "#d62728", "bn_recurrent": "#2ca02c", "ln": "#9467bd"}
 TARGET_PCT = 3.0  # issue 4: the small baseline's valid perplexity within ±3 % of the paper's
 
-# Overrides that do not change what a run measures (or whose effect its status already marks):
-# they never split a row. Any other override (e.g. data.batch_size=20) makes a variant of its own.
-NEUTRAL_OVERRIDES = {"seed", "device", "quiet", "threads", "resume", "experiment", "model.norm",
-                     "data.root", "data.download", "data.cache_dir", "logger", "trainer.progress",
-                     "trainer.max_epochs", "trainer.stop_after_epochs", "trainer.check_every", "trainer.max_time",
-                     "data.limit_batches", "sweep", "name"}
-
-
 @dataclass
 class Row:
     """One line of the table: the complete runs of a (size, variant), or one other run."""
@@ -79,7 +71,7 @@ class Row:
     def status(self) -> str:
         if self.complete:
             return "complete"
-        return run_status(self.runs[0])
+        return status_mark(self.runs[0])
 
     def values(self, key: str) -> list[float]:
         return [v for v in (VALUE[key](r) for r in self.runs) if v is not None and math.isfinite(v)]
@@ -103,36 +95,6 @@ VALUE = {
 }
 
 
-def run_status(run: Run) -> str:
-    """A short mark for a run that is not a complete protocol run."""
-    epochs = f"{run.epochs_completed}/{run.protocol_epochs or '?'} epochs"
-    limited = run.final.get("limit_batches")
-    data = f", data limited to {limited} batches" if limited else ""
-    if run.status == "diverged":
-        return f"diverged after {epochs}{data}"
-    if run.status == "interrupted":
-        return f"interrupted at {epochs}{data}"
-    if run.status == "running":
-        return f"running or killed at {epochs}{data}"
-    if run.status == "completed":
-        return f"shortened: {epochs}{data}"
-    return f"{run.status} at {epochs}{data}"
-
-
-def _extra(run: Run) -> str:
-    kept = []
-    for o in run.overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key in NEUTRAL_OVERRIDES or key.startswith(("hydra.", "hydra/", "logger.")):
-            continue
-        kept.append(o.lstrip("+"))
-    return " ".join(sorted(kept))
-
-
-def _order(seq: tuple[str, ...], value: str) -> tuple[int, str]:
-    return (seq.index(value), "") if value in seq else (len(seq), value)
-
-
 def group_rows(runs: list[Run]) -> list[Row]:
     """Complete runs grouped by (size, variant, extra overrides); every other run on its own."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
@@ -140,13 +102,13 @@ def group_rows(runs: list[Run]) -> list[Row]:
     for run in runs:
         size, norm = str(run.name), str(run.norm)
         if run.complete:
-            groups.setdefault((size, norm, _extra(run)), []).append(run)
+            groups.setdefault((size, norm, " ".join(extra_overrides(run))), []).append(run)
         else:
-            others.append(Row(size, norm, _extra(run), [run], complete=False))
+            others.append(Row(size, norm, " ".join(extra_overrides(run)), [run], complete=False))
     rows = [Row(s, n, e, sorted(rs, key=lambda r: (r.seed or 0, str(r.path))), complete=True)
             for (s, n, e), rs in groups.items()]
     rows += others
-    return sorted(rows, key=lambda r: (_order(SIZES, r.size), _order(VARIANTS, r.norm), r.extra,
+    return sorted(rows, key=lambda r: (ordered(SIZES, r.size), ordered(VARIANTS, r.norm), r.extra,
                                        not r.complete, r.status, r.runs[0].seed or 0,
                                        str(r.runs[0].path)))
 
@@ -358,55 +320,16 @@ def _short_status(row: Row) -> str:
 
 
 def plot_curves(rows: list[Row], base: Path) -> list[Path]:
-    """Figure 2 analogue: per size, train (dotted) and valid (solid) perplexity per epoch.
-
-    One colour per variant; runs that are not complete protocol runs are drawn faint and
-    labelled with their status. Several seeds: the mean curve over the epochs all reached."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
-    sizes = sorted({r.size for r in rows}, key=lambda s: _order(SIZES, s))
-    with matplotlib.rc_context():
-        matplotlib.rcdefaults()  # the same bytes whatever the user's matplotlibrc says
-        fig = Figure(figsize=(4.0 * len(sizes) + 0.5, 4.6), dpi=100)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, len(sizes), squeeze=False)[0]
-        handles: dict[str, object] = {}
-        for ax, size in zip(axes, sizes):
-            for row in (r for r in rows if r.size == size):
-                colour = COLOURS.get(row.norm, "#7f7f7f")
-                alpha = 1.0 if row.complete else 0.45
-                for key, style in (("train_ppl", ":"), ("valid_ppl", "-")):
-                    epochs, values = _mean_curve(row.runs, key)
-                    if epochs:
-                        (line,) = ax.plot(epochs, values, linestyle=style, marker="o",
-                                          markersize=2.5, color=colour, alpha=alpha)
-                        if key == "valid_ppl":
-                            handles.setdefault(row.variant + _short_status(row), line)
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(f"PTB {size.removeprefix('ptb_')}")
-            ax.set_xlabel("epoch")
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0].set_ylabel("perplexity (train dotted, valid solid)")
-        ncol = max(1, min(len(handles), 2 * len(sizes)))
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
-                   fontsize=7, frameon=False)
-        rows_of_legend = math.ceil(len(handles) / ncol)
-        fig.tight_layout(rect=(0, min(0.5, 0.05 + 0.045 * rows_of_legend), 1, 1))
-        return save_figure(fig, base)
-
-
-def _mean_curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
-    """The mean over runs at each epoch that every run reached (one run: its own curve)."""
-    curves = [dict(zip(*r.curve(key))) for r in runs]
-    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return common, [statistics.fmean(c[e] for c in curves) for e in common]
+    """Figure 2 analogue: per size, train (dotted) and valid (solid) perplexity per epoch, one
+    colour per variant; runs that are not complete protocol runs faint and labelled with their
+    status. Several seeds: the mean curve over the epochs all reached."""
+    sizes = sorted({r.size for r in rows}, key=lambda s: ordered(SIZES, s))
+    panels = [(f"PTB {size.removeprefix('ptb_')}", [r for r in rows if r.size == size]) for size in sizes]
+    return curves_figure(panels, ("train_ppl", "valid_ppl"), base=base,
+                         colour=lambda row: COLOURS.get(row.norm, "#7f7f7f"),
+                         label=lambda row: row.variant + _short_status(row),
+                         ylabel="perplexity (train dotted, valid solid)",
+                         log_subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
 
 
 # ---------------------------------------------------------------------- entry

@@ -9,11 +9,51 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+
+# Overrides that say how or where a run was made, not what it measures: they never split a table
+# row nor name a directory of results/runs (scripts/collect_runs.py).
+MECHANICS = frozenset({
+    "experiment", "name", "model.norm", "seed", "sweep", "device", "quiet", "threads", "resume",
+    "logger", "data.root", "data.audio_dir", "data.download", "data.cache_dir", "data.text_cache_dir",
+    "data.workers", "data.progress", "trainer.progress", "trainer.check_every", "trainer.max_time"})
+# Overrides whose effect a run's status marks (shortened, data-limited): they do not split a row.
+STATUS_MARKED = frozenset({"trainer.max_epochs", "trainer.stop_after_epochs", "data.limit_batches"})
+
+
+def extra_overrides(run: "Run", neutral: frozenset[str] = MECHANICS | STATUS_MARKED) -> list[str]:
+    """The run's command-line overrides that change what it measures (e.g. data.batch_size=20),
+    sorted, without Hydra's own (hydra.*, hydra/...) and logger settings."""
+    kept = []
+    for o in run.overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in neutral or key.startswith(("hydra.", "hydra/", "logger.")):
+            continue
+        kept.append(o.lstrip("+~"))
+    return sorted(kept)
+
+
+def status_mark(run: "Run") -> str:
+    """A short mark for a run that is not a complete protocol run, e.g. 'shortened: 26/40 epochs'."""
+    epochs = f"{run.epochs_completed}/{run.protocol_epochs or '?'} epochs"
+    limited = run.final.get("limit_batches")
+    data = f", data limited to {limited} batches" if limited else ""
+    how = {"diverged": "diverged after", "interrupted": "interrupted at",
+           "running": "running or killed at", "completed": "shortened:"}.get(run.status, f"{run.status} at")
+    return f"{how} {epochs}{data}"
+
+
+def mean_curve(runs: list["Run"], key: str) -> tuple[list[int], list[float]]:
+    """The mean of ``key`` over runs at each epoch that every run reached (one run: its curve)."""
+    curves = [dict(zip(*r.curve(key))) for r in runs]
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return common, [statistics.fmean(c[e] for c in curves) for e in common]
 
 
 class RunError(ValueError):

@@ -23,9 +23,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnrnn.report.format import (DASH, fmt, fmt_mean_std, markdown_table, provenance,
-                                 save_figure, write_table)
-from bnrnn.report.runs import Run, RunError, load_runs
+from bnrnn.report.format import (DASH, curves_figure, fmt, fmt_mean_std, markdown_table, ordered,
+                                 provenance, write_table)
+from bnrnn.report.runs import Run, RunError, extra_overrides, load_runs, mean_curve, status_mark
 
 # Laurent et al. 2016, "Batch Normalized Recurrent Neural Networks", Table 1 (WSJ si284 /
 # dev93, 3546 tied triphone states; ../shared/REFERENCE.md §5): best (FCE, FER) on train and dev.
@@ -42,13 +42,6 @@ CORPORA = {  # experiment name -> what it is
 VARIANTS = ("none", "bn_input")
 VARIANT_NAMES = {"none": "baseline", "bn_input": "BN, sequence-wise"}
 COLOURS = {"none": "#1f77b4", "bn_input": "#d62728"}  # Figure 1: baseline blue, BN red
-
-# Overrides that do not change what a run measures; any other makes a row of its own.
-NEUTRAL_OVERRIDES = {"seed", "device", "quiet", "threads", "resume", "experiment", "model.norm",
-                     "data.root", "data.audio_dir", "data.download", "data.cache_dir",
-                     "data.text_cache_dir", "data.workers", "data.progress", "logger",
-                     "trainer.progress", "trainer.max_epochs", "trainer.stop_after_epochs",
-                     "trainer.check_every", "data.limit_batches", "name"}
 
 METRICS = {  # column key -> how to read it from a run
     "train_fce": lambda r: r.best_of("train_fce"),
@@ -78,7 +71,7 @@ class Row:
 
     @property
     def status(self) -> str:
-        return "complete" if self.complete else run_status(self.runs[0])
+        return "complete" if self.complete else status_mark(self.runs[0])
 
     def values(self, key: str) -> list[float]:
         return [v for v in (METRICS[key](r) for r in self.runs)
@@ -95,41 +88,18 @@ class Row:
         return fmt(values[0] if values else None, digits)
 
 
-def run_status(run: Run) -> str:
-    epochs = f"{run.epochs_completed}/{run.protocol_epochs or '?'} epochs"
-    limited = run.final.get("limit_batches")
-    data = f", data limited to {limited} batches" if limited else ""
-    word = {"completed": "shortened", "running": "running or killed"}.get(run.status, run.status)
-    return f"{word}: {epochs}{data}"
-
-
-def _extra(run: Run) -> str:
-    kept = []
-    for o in run.overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key in NEUTRAL_OVERRIDES or key.startswith(("hydra.", "hydra/", "logger.")):
-            continue
-        kept.append(o.lstrip("+"))
-    return " ".join(sorted(kept))
-
-
-def _order(seq, value) -> tuple[int, str]:
-    seq = tuple(seq)
-    return (seq.index(value), "") if value in seq else (len(seq), str(value))
-
-
 def group_rows(runs: list[Run]) -> list[Row]:
     groups: dict[tuple[str, str, str], list[Run]] = {}
     rows: list[Row] = []
     for run in runs:
-        key = (str(run.name), str(run.norm), _extra(run))
+        key = (str(run.name), str(run.norm), " ".join(extra_overrides(run)))
         if run.complete:
             groups.setdefault(key, []).append(run)
         else:
             rows.append(Row(*key, [run], complete=False))
     rows += [Row(*key, sorted(rs, key=lambda r: (r.seed or 0, str(r.path))), complete=True)
              for key, rs in groups.items()]
-    return sorted(rows, key=lambda r: (_order(CORPORA, r.name), _order(VARIANTS, r.norm), r.extra,
+    return sorted(rows, key=lambda r: (ordered(CORPORA, r.name), ordered(VARIANTS, r.norm), r.extra,
                                        not r.complete, r.status, r.runs[0].seed or 0,
                                        str(r.runs[0].path)))
 
@@ -206,7 +176,7 @@ def findings(rows: list[Row]) -> str:
     """What the complete baseline/BN pairs show, checked against the paper's findings."""
     complete = {(r.name, r.norm): r for r in rows if r.complete and not r.extra}
     sentences = []
-    for name in sorted({r.name for r in rows}, key=lambda n: _order(CORPORA, n)):
+    for name in sorted({r.name for r in rows}, key=lambda n: ordered(CORPORA, n)):
         base, bn = complete.get((name, "none")), complete.get((name, "bn_input"))
         if not base or not bn or None in (base.mean("train_fce"), bn.mean("train_fce"),
                                           base.mean("dev_fce"), bn.mean("dev_fce")):
@@ -250,8 +220,8 @@ def findings(rows: list[Row]) -> str:
 
 def _epochs_to_reach(base: Row, bn: Row) -> str | None:
     """'BN reaches the baseline's final train FCE (x) at epoch k of n' — the paper's "faster"."""
-    b_epochs, b_values = _mean_curve(base.runs, "train_fce")
-    n_epochs, n_values = _mean_curve(bn.runs, "train_fce")
+    b_epochs, b_values = mean_curve(base.runs, "train_fce")
+    n_epochs, n_values = mean_curve(bn.runs, "train_fce")
     if not b_values or not n_values:
         return None
     target = b_values[-1]
@@ -263,53 +233,15 @@ def _epochs_to_reach(base: Row, bn: Row) -> str | None:
             f"epoch {reached}.")
 
 
-def _mean_curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
-    curves = [dict(zip(*r.curve(key))) for r in runs]
-    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return common, [statistics.fmean(c[e] for c in curves) for e in common]
-
-
 def plot_curves(rows: list[Row], base: Path) -> list[Path]:
-    """Figure 1 analogue: FCE per epoch (log scale), train dotted and dev solid, baseline blue,
-    BN red; one panel per corpus. Several seeds: the mean over the epochs all reached."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
-    names = sorted({r.name for r in rows}, key=lambda n: _order(CORPORA, n))
-    with matplotlib.rc_context():
-        matplotlib.rcdefaults()  # the same bytes whatever the user's matplotlibrc says
-        fig = Figure(figsize=(5.0 * len(names) + 0.5, 4.4), dpi=100)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, len(names), squeeze=False)[0]
-        handles: dict[str, object] = {}
-        for ax, name in zip(axes, names):
-            for row in (r for r in rows if r.name == name):
-                colour = COLOURS.get(row.norm, "#7f7f7f")
-                alpha = 1.0 if row.complete else 0.45
-                for key, style in (("train_fce", ":"), ("dev_fce", "-")):
-                    epochs, values = _mean_curve(row.runs, key)
-                    if epochs:
-                        (line,) = ax.plot(epochs, values, linestyle=style, marker="o",
-                                          markersize=2.5, color=colour, alpha=alpha)
-                        if key == "dev_fce":
-                            label = row.variant + ("" if row.complete else f" ({row.runs[0].status})")
-                            handles.setdefault(label, line)
-            ax.set_yscale("log")  # late epochs differ by hundredths of a nat: log shows them
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(CORPORA.get(name, name), fontsize=9)
-            ax.set_xlabel("epoch")
-            ax.grid(True, alpha=0.3)
-        axes[0].set_ylabel("frame cross-entropy, nats (train dotted, dev solid)")
-        ncol = max(1, min(len(handles), 2))
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
-                   fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, min(0.5, 0.05 + 0.05 * math.ceil(len(handles) / ncol)), 1, 1))
-        return save_figure(fig, base)
+    """Figure 1 analogue: FCE per epoch, train dotted and dev solid, baseline blue, BN red;
+    log scale: late epochs differ by hundredths of a nat."""
+    names = sorted({r.name for r in rows}, key=lambda n: ordered(CORPORA, n))
+    panels = [(CORPORA.get(name, name), [r for r in rows if r.name == name]) for name in names]
+    return curves_figure(panels, ("train_fce", "dev_fce"), base=base, panel_width=5.0, height=4.4,
+                         colour=lambda row: COLOURS.get(row.norm, "#7f7f7f"),
+                         label=lambda row: row.variant + ("" if row.complete else f" ({row.runs[0].status})"),
+                         ylabel="frame cross-entropy, nats (train dotted, dev solid)")
 
 
 def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
@@ -325,7 +257,7 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
     rows = group_rows(runs)
     out_dir = Path(out_dir)
     corpora = [f"- `{n}`: {CORPORA[n]}." for n in sorted({r.name for r in rows},
-                                                        key=lambda n: _order(CORPORA, n))]
+                                                        key=lambda n: ordered(CORPORA, n))]
     md = "\n".join([
         "# Framewise speech alignment: Laurent et al. Table 1 and Figure 1 analogues",
         "",
