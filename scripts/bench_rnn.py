@@ -141,6 +141,24 @@ def bench_rnn(shapes, precisions, device, warmup, reps) -> list[dict]:
     return rows
 
 
+def wordlm_steps(model, opt, x, xe):
+    """One PTB training step (batch 32, clip 5, SGD) and one evaluation step (batch 10)."""
+    def train_step():
+        model.train()
+        out = model((x, x), None)
+        opt.zero_grad(set_to_none=True)
+        out.objective.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+
+    @torch.no_grad()
+    def eval_step():
+        model.eval()
+        model((xe, xe), None)
+
+    return train_step, eval_step
+
+
 def bench_ptb(sizes, device, warmup, reps) -> list[dict]:
     """Full WordLM training and evaluation steps at each PTB size (fp32/TF32, the runs' policy)."""
     timer, rows = Timer(device), []
@@ -153,20 +171,7 @@ def bench_ptb(sizes, device, warmup, reps) -> list[dict]:
             opt = torch.optim.SGD(model.parameters(), lr=1.0)
             x = torch.randint(0, 10_000, (bptt, 32), device=device)
             xe = torch.randint(0, 10_000, (bptt, 10), device=device)
-
-            def train_step():
-                model.train()
-                out = model((x, x), None)
-                opt.zero_grad(set_to_none=True)
-                out.objective.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                opt.step()
-
-            @torch.no_grad()
-            def eval_step():
-                model.eval()
-                model((xe, xe), None)
-
+            train_step, eval_step = wordlm_steps(model, opt, x, xe)
             train_ms, peak = timer(train_step, warmup, reps)
             eval_ms, _ = timer(eval_step, warmup, reps)
             steps = num_windows(torch.empty(PTB_TOKENS["train"] // 32), bptt)
@@ -178,7 +183,6 @@ def bench_ptb(sizes, device, warmup, reps) -> list[dict]:
                              protocol_epochs=epochs, protocol_hours=epochs * epoch_s / 3600))
             print(f"{size:10s} {norm:13s} train step {train_ms:8.3f} ms ({rows[-1]['tokens_per_s']:9.0f} tok/s)"
                   f"  eval step {eval_ms:7.3f} ms  epoch ~{epoch_s:7.1f} s", flush=True)
-            del model, opt
     return rows
 
 

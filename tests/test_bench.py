@@ -39,3 +39,14 @@ def test_protocol_estimate_needs_every_table2_run():
     assert "not established by this benchmark" in md and "ptb_large ln" in md
     full = [dict(row, size=s, norm=n) for s in bench_rnn.PTB_PROTOCOL for n in bench_rnn.TABLE2_NORMS]
     assert "(met)" in bench_rnn.markdown([], full, meta)
+
+
+def test_full_ptb_step_and_protocol_estimate_on_cpu():
+    import torch
+
+    rows = bench_rnn.bench_ptb(["ptb_small"], torch.device("cpu"), warmup=0, reps=1)
+    assert [r["norm"] for r in rows] == list(bench_rnn.TABLE2_NORMS)
+    for r in rows:
+        steps = -(-(929_589 // 32 - 1) // 20)  # training windows of an epoch
+        assert r["epoch_s"] > steps * r["train_step_ms"] / 1e3
+        assert r["protocol_hours"] == pytest.approx(15 * r["epoch_s"] / 3600)
