@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 class DataError(RuntimeError):
@@ -61,15 +62,18 @@ def verify(path: Path, md5: str, *, hint: str) -> Path:
     return path
 
 
-def download(url: str, dest: Path, md5: str, *, hint: str, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically (temp file + rename) and verify its MD5."""
+def download(url: str, dest: Path, md5: str | None = None, *, hint: str, timeout: float = 60.0,
+             check: Callable[[Path], object] | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically (temp file + rename) after verifying it: by its
+    MD5, or by ``check(path)`` (which raises :class:`DataError`) for other kinds of checksum."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out)
-        actual = md5sum(tmp)
-        if actual != md5:
+        if check is not None:
+            check(Path(tmp))
+        elif (actual := md5sum(tmp)) != md5:
             raise DataError(
                 f"checksum mismatch for {dest.name} downloaded from {url}: expected md5 {md5}, "
                 f"got {actual}. {hint}"

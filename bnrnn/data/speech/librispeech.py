@@ -33,14 +33,11 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from bnrnn.data.download import DataError, RemoteFile, fetch, md5sum, verify
+from bnrnn.data.download import DataError, RemoteFile, download, fetch, md5sum, verify
 from bnrnn.data.speech.batching import SpeechData
 from bnrnn.data.speech.features import FEATURE_CONFIG, SAMPLE_RATE, fbank
 from bnrnn.data.speech.shards import ShardJob, build, cache_key, load_splits
@@ -102,19 +99,7 @@ def fetch_labels(name: str, *, root: str | Path | None, cache_dir: str | Path, s
         return _check_labels(path, sha1, hint)
     if not download_ok:
         raise DataError(f"missing label file {path} and downloads are disabled. {hint}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out)
-        _check_labels(Path(tmp), sha1, hint)
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise DataError(f"could not download {name} from {url} ({e}). {hint}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return download(url, path, hint=hint, check=lambda p: _check_labels(p, sha1, hint))
 
 
 def read_split_list(path: Path) -> list[str]:
