@@ -125,6 +125,15 @@ def save_figure(fig, base: Path, formats: tuple[str, ...] = ("png", "pdf")) -> l
     return paths
 
 
+def duration(seconds: float | None) -> str:
+    """'42 s', '6.7 min' or '1.25 h' ("—" for None)."""
+    if seconds is None:
+        return DASH
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
 def ordered(seq, value) -> tuple[int, str]:
     """Sort key: ``value``'s place in ``seq``, unknown values after the known ones."""
     seq = tuple(seq)

@@ -10,14 +10,13 @@ interrupted, still running, diverged) gets a row of its own, marked.
 """
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-from bnrnn.report.format import (DASH, curves_figure, fmt, fmt_mean_std, markdown_table, ordered,
+from bnrnn.report.format import (DASH, curves_figure, duration, fmt, markdown_table, ordered,
                                  provenance, write_table)
-from bnrnn.report.runs import Run, RunError, extra_overrides, load_runs, status_mark
+from bnrnn.report.rows import Row as TableRow, group_rows as group_runs
+from bnrnn.report.runs import Run, RunError, load_runs
 
 # The published numbers, copied from ../shared/REFERENCE.md §3 (the papers are in shared/seeds/).
 PAPER_NUMBERS = {
@@ -53,34 +52,6 @@ VARIANT_NAMES = {"none": "baseline", "bn_input": "BN input (Laurent)",
 COLOURS = {"none": "#1f77b4", "bn_input": "#d62728", "bn_recurrent": "#2ca02c", "ln": "#9467bd"}
 TARGET_PCT = 3.0  # issue 4: the small baseline's valid perplexity within ±3 % of the paper's
 
-@dataclass
-class Row:
-    """One line of the table: the complete runs of a (size, variant), or one other run."""
-    size: str
-    norm: str
-    extra: str  # the non-neutral overrides, e.g. "data.batch_size=20" ("" for the protocol)
-    runs: list[Run]
-    complete: bool
-
-    @property
-    def variant(self) -> str:
-        label = VARIANT_NAMES.get(self.norm, self.norm)
-        return f"{label} [{self.extra}]" if self.extra else label
-
-    @property
-    def status(self) -> str:
-        if self.complete:
-            return "complete"
-        return status_mark(self.runs[0])
-
-    def values(self, key: str) -> list[float]:
-        return [v for v in (VALUE[key](r) for r in self.runs) if v is not None and math.isfinite(v)]
-
-    def mean(self, key: str) -> float | None:
-        values = self.values(key)
-        return statistics.fmean(values) if values else None
-
-
 def _test_ppl(run: Run) -> float | None:
     return run.test.get("ppl")
 
@@ -95,43 +66,27 @@ VALUE = {
 }
 
 
+class Row(TableRow):
+    """One line of the PTB table; its experiment name is the size."""
+
+    variant_names = VARIANT_NAMES
+    metrics = VALUE
+    digits = 2
+
+    @property
+    def size(self) -> str:
+        return self.name
+
+
 def group_rows(runs: list[Run]) -> list[Row]:
     """Complete runs grouped by (size, variant, extra overrides); every other run on its own."""
-    groups: dict[tuple[str, str, str], list[Run]] = {}
-    others: list[Row] = []
-    for run in runs:
-        size, norm = str(run.name), str(run.norm)
-        if run.complete:
-            groups.setdefault((size, norm, " ".join(extra_overrides(run))), []).append(run)
-        else:
-            others.append(Row(size, norm, " ".join(extra_overrides(run)), [run], complete=False))
-    rows = [Row(s, n, e, sorted(rs, key=lambda r: (r.seed or 0, str(r.path))), complete=True)
-            for (s, n, e), rs in groups.items()]
-    rows += others
-    return sorted(rows, key=lambda r: (ordered(SIZES, r.size), ordered(VARIANTS, r.norm), r.extra,
-                                       not r.complete, r.status, r.runs[0].seed or 0,
-                                       str(r.runs[0].path)))
-
-
-def _cell(row: Row, key: str, digits: int = 2) -> str:
-    values = row.values(key)
-    if row.complete:
-        return fmt_mean_std(values, digits)
-    return fmt(values[0] if values else None, digits)
+    return group_runs(runs, Row, SIZES, VARIANTS)
 
 
 def _diff(ours: float | None, paper: float | None) -> str:
     if ours is None or paper is None:
         return DASH
     return f"{ours - paper:+.1f} ({100 * (ours - paper) / paper:+.1f} %)"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return DASH
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
 def _seeds(row: Row) -> str:
@@ -162,7 +117,7 @@ def perplexity_table(rows: list[Row]) -> str:
         body.append([
             row.size.removeprefix("ptb_"), row.variant, row.status, _seeds(row),
             f"{run.epochs_completed}/{run.protocol_epochs or '?'}",
-            _cell(row, "train"), _cell(row, "valid"), _cell(row, "test"),
+            row.cell("train"), row.cell("valid"), row.cell("test"),
             f"{laurent[0]} / {laurent[1]}" if laurent else DASH,
             f"{_diff(train, laurent[0])} / {_diff(valid, laurent[1])}"
             if laurent and row.complete else DASH,
@@ -185,7 +140,7 @@ def runs_table(rows: list[Row]) -> str:
         projected = per_epoch * run.protocol_epochs if per_epoch and run.protocol_epochs else None
         body.append([row.size.removeprefix("ptb_"), row.variant, row.status, _seeds(row),
                      f"{epochs}/{run.protocol_epochs or '?'}",
-                     _duration(wall), _duration(per_epoch), _duration(projected),
+                     duration(wall), duration(per_epoch), duration(projected),
                      fmt(row.mean("tokens_per_s"), 0), "; ".join(hardware)])
     return markdown_table(header, body)
 

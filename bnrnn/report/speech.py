@@ -18,14 +18,13 @@ engine logs them), the usual reading of a training curve.
 """
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-from bnrnn.report.format import (DASH, curves_figure, fmt, fmt_mean_std, markdown_table, ordered,
-                                 provenance, write_table)
-from bnrnn.report.runs import Run, RunError, extra_overrides, load_runs, mean_curve, status_mark
+from bnrnn.report.format import (DASH, curves_figure, duration, markdown_table, ordered, provenance,
+                                 write_table)
+from bnrnn.report.rows import Row as TableRow, group_rows as group_runs
+from bnrnn.report.runs import Run, RunError, load_runs, mean_curve
 
 # Laurent et al. 2016, "Batch Normalized Recurrent Neural Networks", Table 1 (WSJ si284 /
 # dev93, 3546 tied triphone states; ../shared/REFERENCE.md §5): best (FCE, FER) on train and dev.
@@ -55,61 +54,16 @@ METRICS = {  # column key -> how to read it from a run
 }
 
 
-@dataclass
-class Row:
-    """The complete runs of one (corpus, variant, overrides), or one other run."""
-    name: str
-    norm: str
-    extra: str
-    runs: list[Run]
-    complete: bool
+class Row(TableRow):
+    """One line of the speech table: the runs of one (corpus, variant, overrides)."""
 
-    @property
-    def variant(self) -> str:
-        label = VARIANT_NAMES.get(self.norm, self.norm)
-        return f"{label} [{self.extra}]" if self.extra else label
-
-    @property
-    def status(self) -> str:
-        return "complete" if self.complete else status_mark(self.runs[0])
-
-    def values(self, key: str) -> list[float]:
-        return [v for v in (METRICS[key](r) for r in self.runs)
-                if v is not None and math.isfinite(v)]
-
-    def mean(self, key: str) -> float | None:
-        values = self.values(key)
-        return statistics.fmean(values) if values else None
-
-    def cell(self, key: str, digits: int = 3) -> str:
-        values = self.values(key)
-        if self.complete:
-            return fmt_mean_std(values, digits)
-        return fmt(values[0] if values else None, digits)
+    variant_names = VARIANT_NAMES
+    metrics = METRICS
+    digits = 3
 
 
 def group_rows(runs: list[Run]) -> list[Row]:
-    groups: dict[tuple[str, str, str], list[Run]] = {}
-    rows: list[Row] = []
-    for run in runs:
-        key = (str(run.name), str(run.norm), " ".join(extra_overrides(run)))
-        if run.complete:
-            groups.setdefault(key, []).append(run)
-        else:
-            rows.append(Row(*key, [run], complete=False))
-    rows += [Row(*key, sorted(rs, key=lambda r: (r.seed or 0, str(r.path))), complete=True)
-             for key, rs in groups.items()]
-    return sorted(rows, key=lambda r: (ordered(CORPORA, r.name), ordered(VARIANTS, r.norm), r.extra,
-                                       not r.complete, r.status, r.runs[0].seed or 0,
-                                       str(r.runs[0].path)))
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return DASH
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+    return group_runs(runs, Row, tuple(CORPORA), VARIANTS)
 
 
 def _model(run: Run) -> str:
@@ -145,7 +99,7 @@ def runs_table(rows: list[Row]) -> str:
     for row in rows:
         params = sorted({r.final.get("num_parameters") for r in row.runs} - {None})
         body.append([row.name.removeprefix("speech_"), row.variant, row.status,
-                     _duration(row.mean("epoch_time")), _duration(row.mean("wall_time")),
+                     duration(row.mean("epoch_time")), duration(row.mean("wall_time")),
                      ", ".join(f"{p:,}" for p in params) or DASH,
                      "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))])
     return markdown_table(header, body)
