@@ -38,6 +38,30 @@ def _load(ptr, mask, F64: tl.constexpr):
     return x.to(tl.float32)
 
 
+@triton.jit
+def _tile(M, B, H, HAS_MASK: tl.constexpr, F64: tl.constexpr, BLOCK_B: tl.constexpr,
+          BLOCK_H: tl.constexpr):
+    """This program's tile: rows (batch) x hidden units, their bounds masks rm, um and tm, the
+    real-frame rows (mask M, int8), and as floats w (BB, 1) = real rows, u (1, BH) = real units,
+    n = the number of real rows (at least 1)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rm, um = rows < B, units < H
+    tm = rm[:, None] & um[None, :]
+    if HAS_MASK:
+        real = (tl.load(M + rows, mask=rm, other=0) != 0) & rm
+    else:
+        real = rm
+    if F64:
+        w = real.to(tl.float64)[:, None]
+        u = um.to(tl.float64)[None, :]
+    else:
+        w = real.to(tl.float32)[:, None]
+        u = um.to(tl.float32)[None, :]
+    n = tl.maximum(tl.sum(w, axis=0), 1.0)
+    return rows, units, rm, um, tm, real, w, u, n
+
+
 # ------------------------------------------------------------------ normalization pieces
 @triton.jit
 def _bn_stats(x, w, n, cols, cm, MEAN, VAR, COMPUTE: tl.constexpr, F64: tl.constexpr):
@@ -145,21 +169,7 @@ def lstm_step_fwd(
     """One LSTM step. R, P: (B, 4H) row-major; HP, CP (in) and HN, CN (out): (B, H);
     M: (B,) int8 real-frame mask; G*/B*: gains/shifts; M*/V*: the slot's statistics of this
     step (BN: per feature, LN: per row) — written when computed, read otherwise."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rm, um = rows < B, units < H
-    tm = rm[:, None] & um[None, :]
-    if HAS_MASK:
-        real = (tl.load(M + rows, mask=rm, other=0) != 0) & rm
-    else:
-        real = rm
-    if F64:
-        w = real.to(tl.float64)[:, None]
-        u = um.to(tl.float64)[None, :]
-    else:
-        w = real.to(tl.float32)[:, None]
-        u = um.to(tl.float32)[None, :]
-    n = tl.maximum(tl.sum(w, axis=0), 1.0)  # (1,) real rows of this step
+    rows, units, rm, um, tm, real, w, u, n = _tile(M, B, H, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     off = rows[:, None] * (4 * H) + units[None, :]
     if HH == 2:  # LN over the 4H features of W_h h: all four gates first
         r0 = _load(R + off, tm, F64)
@@ -228,21 +238,7 @@ def lstm_step_bwd(
     of ∂L/∂h_{t-1} that skips the step on padded rows (the caller adds DR W_hh); the gain/shift
     partial sums D* of this program's rows at [program_id(0), feature]."""
     pid_b = tl.program_id(0)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rm, um = rows < B, units < H
-    tm = rm[:, None] & um[None, :]
-    if HAS_MASK:
-        real = (tl.load(M + rows, mask=rm, other=0) != 0) & rm
-    else:
-        real = rm
-    if F64:
-        w = real.to(tl.float64)[:, None]
-        u = um.to(tl.float64)[None, :]
-    else:
-        w = real.to(tl.float32)[:, None]
-        u = um.to(tl.float32)[None, :]
-    n = tl.maximum(tl.sum(w, axis=0), 1.0)
+    rows, units, rm, um, tm, real, w, u, n = _tile(M, B, H, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     off = rows[:, None] * (4 * H) + units[None, :]
     soff = rows[:, None] * H + units[None, :]
     pb = pid_b * 4 * H  # row of the gate-feature partial sums
@@ -427,19 +423,7 @@ def tanh_step_fwd(
     """One step of h_t = tanh(N_sum(P_t + N_hh(R))), the signature of :func:`lstm_step_fwd`
     (R, P: (B, H); the cell arguments are unused); N_sum: none or BN (NormRNN's variants)."""
     tl.static_assert(HH == 0 and CELL == 0)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rm, um = rows < B, units < H
-    tm = rm[:, None] & um[None, :]
-    if HAS_MASK:
-        real = (tl.load(M + rows, mask=rm, other=0) != 0) & rm
-    else:
-        real = rm
-    if F64:
-        w = real.to(tl.float64)[:, None]
-    else:
-        w = real.to(tl.float32)[:, None]
-    n = tl.maximum(tl.sum(w, axis=0), 1.0)
+    rows, units, rm, um, tm, real, w, u, n = _tile(M, B, H, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     off = rows[:, None] * H + units[None, :]
     a = _gate_pre(R, P, off, tm, 0, H, units, um, w, n, rows, rm, GHH, BHH, MHH, VHH,
                   GS, BS, MS, VS, eps, HH, SUM, HAS_BHH, HAS_BS, TRAIN, F64)
@@ -462,19 +446,7 @@ def tanh_step_bwd(
     are (B, H)). In place: GH <- the part of ∂L/∂h_{t-1} that skips padded rows."""
     tl.static_assert(HH == 0 and CELL == 0)
     pid_b = tl.program_id(0)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rm, um = rows < B, units < H
-    tm = rm[:, None] & um[None, :]
-    if HAS_MASK:
-        real = (tl.load(M + rows, mask=rm, other=0) != 0) & rm
-    else:
-        real = rm
-    if F64:
-        w = real.to(tl.float64)[:, None]
-    else:
-        w = real.to(tl.float32)[:, None]
-    n = tl.maximum(tl.sum(w, axis=0), 1.0)
+    rows, units, rm, um, tm, real, w, u, n = _tile(M, B, H, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     off = rows[:, None] * H + units[None, :]
     pb = pid_b * H
     s = _load(R + off, tm, F64) + _load(P + off, tm, F64)
