@@ -17,6 +17,7 @@ atomic. A non-finite loss ends the run with status ``diverged``; an interrupt wi
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import signal
@@ -31,6 +32,7 @@ from torch.utils._pytree import tree_map
 
 from bnrnn import checkpoint
 from bnrnn.io import git_revision, hardware, read_jsonl, write_json, write_jsonl
+from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
 
 
 @dataclass
@@ -73,6 +75,9 @@ class TrainerConfig:
     progress: bool = True
     protocol_epochs: int | None = None  # the paper's epoch count; fewer completed = shortened
     max_time: float | None = None  # seconds of training: no epoch starts that would end past it
+    # also evaluate with batch norms on the evaluation batch's own statistics (the authors' PTB
+    # code did); reported as <split>_batchstat_<metric> beside the population-statistics metrics
+    eval_batch_stats: bool = False
 
 
 def _to(batch, device):
@@ -133,10 +138,16 @@ class Trainer:
         enabled = self.cfg.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def run_epoch(self, split: str, train: bool) -> dict[str, float]:
-        """One pass over ``split``; returns the model's metrics plus throughput."""
+    def run_epoch(self, split: str, train: bool, batch_stats: bool = False) -> dict[str, float]:
+        """One pass over ``split``; returns the model's metrics plus throughput. ``batch_stats``:
+        an evaluation whose batch norms use the batch's statistics (see ``batch_statistics``)."""
         model, data = self.model, self.data
         model.train(train)
+        with batch_statistics(model) if batch_stats else contextlib.nullcontext():
+            return self._pass(split, train)
+
+    def _pass(self, split: str, train: bool) -> dict[str, float]:
+        model, data = self.model, self.data
         state = None  # reset at each epoch and before each evaluation
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, Tensor] = {}
@@ -179,15 +190,23 @@ class Trainer:
         return model.metrics(totals) | {"tokens_per_s": count / seconds, "seconds": seconds}
 
     def evaluate(self, split: str) -> dict[str, float]:
+        """The model's metrics on ``split`` (population statistics), plus ``batchstat_<metric>``
+        under batch statistics when ``eval_batch_stats`` is set and the model has batch norms."""
         if self.cfg.reestimate_batches:
             self.reestimate_statistics(self.cfg.reestimate_batches)
-        return self.run_epoch(split, train=False)
+        out = _metrics_only(self.run_epoch(split, train=False))
+        if self.cfg.eval_batch_stats and self._has_batch_norm:
+            out |= {f"batchstat_{k}": v for k, v in
+                    _metrics_only(self.run_epoch(split, train=False, batch_stats=True)).items()}
+        return out
+
+    @property
+    def _has_batch_norm(self) -> bool:
+        return any(isinstance(m, SeqBatchNorm) for m in self.model.modules())
 
     def reestimate_statistics(self, n_batches: int) -> None:
         """Cooijmans et al.'s evaluation: population statistics of every BN re-estimated by one
         pass over ``n_batches`` training batches (train-mode forward, no gradient)."""
-        from bnrnn.nn import update_population_statistics
-
         carry = None
 
         def forward(model, batch):
@@ -243,8 +262,7 @@ class Trainer:
         row = {"epoch": self.epoch, "step": self.step, "lr": lr}
         row |= {f"train_{k}": v for k, v in train.items() if k != "seconds"}
         for split in self.cfg.eval_splits:
-            row |= {f"{split}_{k}": v for k, v in self.evaluate(split).items()
-                    if k not in ("seconds", "tokens_per_s")}
+            row |= {f"{split}_{k}": v for k, v in self.evaluate(split).items()}
         if self.scheduler:
             self.scheduler.step()
         self.elapsed += time.perf_counter() - t0
@@ -267,8 +285,7 @@ class Trainer:
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(best["model"])
         try:
-            return {k: v for k, v in self.evaluate(self.cfg.test_split).items()
-                    if k not in ("seconds", "tokens_per_s")}
+            return self.evaluate(self.cfg.test_split)
         finally:
             self.model.load_state_dict(current)
 
@@ -295,6 +312,10 @@ class Trainer:
         } | self.info
         write_json(self.run_dir / "final.json", final)
         return final
+
+
+def _metrics_only(result: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in result.items() if k not in ("seconds", "tokens_per_s")}
 
 
 def _raise_interrupted(signum, frame):

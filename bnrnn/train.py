@@ -70,6 +70,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
         "name": cfg.name,
         "seed": cfg.seed,
         "norm": cfg.model.get("norm"),
+        "protocol": (cfg.get("protocol") or {}).get("name"),  # PTB: configs/protocol/
         "limit_batches": cfg.data.get("limit_batches"),
         # the job's own overrides: a multirun's argv holds the sweep lists, not this job's values
         "command": " ".join(["python -m bnrnn.train", *overrides]),

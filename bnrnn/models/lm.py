@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bnrnn.engine import StepOutput
 from bnrnn.nn import NormLSTM
+
+
+# The authors' cross-entropy adds this to every probability (norm-rnn model.py CrossEntropy).
+AUTHORS_EPS = 1e-6
 
 
 class WordLM(nn.Module):
@@ -19,7 +24,9 @@ class WordLM(nn.Module):
 
     The objective is the NLL summed over the BPTT window and averaged over the batch — the
     scaling of Zaremba's code, for which SGD's lr = 1 is tuned. Metrics are token-weighted:
-    perplexity = exp(Σ NLL / Σ tokens).
+    perplexity ``ppl`` = exp(Σ NLL / Σ tokens). ``ppl_batch_mean`` is the authors' metric from
+    the same pass: the mean over batches of exp(mean over the batch of -log(p + 1e-6))
+    (docs/protocols.md, "Evaluation").
     """
 
     selection = "ppl"
@@ -47,11 +54,18 @@ class WordLM(nn.Module):
         T, B = y.shape
         out, state = self.rnn(self.drop(self.embedding(x)), state)
         logits = self.decoder(self.drop(out))  # (T, B, V)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        logp = F.log_softmax(logits.flatten(0, 1).float(), dim=-1).gather(1, y.reshape(-1, 1))
+        nll = -logp.sum()
+        with torch.no_grad():
+            authors = (logp.exp() + AUTHORS_EPS).log().mean().neg().exp()
         return StepOutput(objective=nll / B, loss_sum=nll.detach(), count=T * B,
+                          sums={"batch_ppl": authors, "batches": torch.ones((), device=y.device)},
                           state=tuple(s.detach() for s in state))
 
     @staticmethod
     def metrics(totals: dict) -> dict[str, float]:
         loss = totals["loss_sum"] / totals["count"]
-        return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
+        out = {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
+        if totals.get("batches"):
+            out["ppl_batch_mean"] = totals["batch_ppl"] / totals["batches"]
+        return out

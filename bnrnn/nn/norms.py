@@ -17,6 +17,8 @@ recurrent layers never branch on the variant.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -225,6 +227,30 @@ class SeqLayerNorm(nn.Module):
 
     def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:
         return self.forward(x)
+
+
+@contextmanager
+def batch_statistics(model: nn.Module):
+    """Evaluate ``model`` with every :class:`SeqBatchNorm` normalizing by the batch's own
+    statistics (training mode), leaving its population statistics untouched.
+
+    What the authors' PTB code did at validation (docs/protocols.md, "Evaluation"); population
+    statistics are what a model deployed on one sequence at a time must use. Yields the number
+    of batch-norm modules (0: the model has none, and the context changes nothing).
+    """
+    bns = [m for m in model.modules() if isinstance(m, SeqBatchNorm)]
+    saved = [{k: v.clone() for k, v in bn.named_buffers()} for bn in bns]
+    modes = [bn.training for bn in bns]
+    try:
+        for bn in bns:
+            bn.train()
+        yield len(bns)
+    finally:
+        with torch.no_grad():
+            for bn, buffers, mode in zip(bns, saved, modes):
+                for k, v in bn.named_buffers():
+                    v.copy_(buffers[k])
+                bn.train(mode)
 
 
 @torch.no_grad()
