@@ -22,6 +22,11 @@ INITS = ("pytorch", "uniform", "glorot", "orthogonal")
 BACKENDS = ("auto", "reference", "native", "fused")
 
 
+class BadInput(ValueError, RuntimeError):
+    """A bad argument of a layer's forward. Both a ValueError (what these layers raised before)
+    and a RuntimeError (what ``nn.LSTM`` raises for the same mistakes), so either is caught."""
+
+
 def lengths_mask(lengths: Tensor | None, T: int) -> Tensor | None:
     """(B,) lengths -> (T, B) bool, True on real frames; None stays None."""
     if lengths is None:
@@ -214,20 +219,108 @@ class RecurrentStack(nn.Module):
         fast = x.is_cuda and fused.available() and fused.supports(self.layers[0])
         return "fused" if fast else "reference"
 
+    # ------------------------------------------------------------------ input checks
+    def check_forward_args(self, input: Tensor, state: tuple[Tensor, ...] | None,
+                           lengths) -> Tensor | None:
+        """Refuse a bad ``input``, ``state`` or ``lengths`` before any work, on every backend.
+
+        cuDNN/ATen and the Triton kernels index memory by the shapes they are given, so a
+        wrong shape there is a crash or silent garbage rather than an error; the reference
+        loop would broadcast some of them. Messages use ``nn.LSTM``'s wording where it has
+        one. Returns ``lengths`` as a tensor on the input's device (None stays None).
+
+        Cost: shape, dtype and device checks read only metadata. The range check of
+        ``lengths`` reads its minimum and maximum in one transfer, and only when ``lengths``
+        is given (a CUDA ``lengths`` costs that one sync; a list or CPU tensor none).
+        """
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise BadInput(f"{name}: input must be a Tensor (T, B, I); got {type(input).__name__}")
+        if input.dim() != 3:
+            raise BadInput(f"{name}: input must have 3 dimensions, got {input.dim()} "
+                           f"(expected input (T, B, {self.input_size}); got {tuple(input.shape)})")
+        T, B, I = input.shape
+        if I != self.input_size:
+            raise BadInput(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                           f"{self.input_size}, got {I} (expected input (T, B, {self.input_size}); "
+                           f"got {tuple(input.shape)})")
+        if T < 1 or B < 1:
+            raise BadInput(f"{name}: input must hold at least one time step and one sequence; "
+                           f"got size (T, B, I) = {tuple(input.shape)}")
+        if not input.is_floating_point():
+            raise BadInput(f"{name}: input must be a floating-point tensor; got {input.dtype}")
+        weight = self.layers[0].weight_ih
+        if input.device != weight.device:
+            raise BadInput(f"{name}: Input and parameter tensors are not at the same device, found "
+                           f"input tensor at {input.device} and parameter tensor at {weight.device}")
+        # autocast runs the products in its own dtype, so the dtypes may differ under it (nn.LSTM's rule)
+        autocast = torch.is_autocast_enabled(input.device.type)
+        if input.dtype != weight.dtype and not autocast:
+            raise BadInput(f"{name}: RNN input dtype ({input.dtype}) does not match weight dtype "
+                           f"({weight.dtype}). Convert input: input.to({weight.dtype}), or convert "
+                           f"model: model.to({input.dtype})")
+        if state is not None:
+            self._check_state(input, state, autocast)
+        if lengths is not None:
+            lengths, hi = self._check_lengths(lengths, T, B)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=input.device)
+        return lengths
+
+    def _check_state(self, input: Tensor, state: tuple, autocast: bool) -> None:
+        name = type(self).__name__
+        T, B, _ = input.shape
+        expected = (self.num_layers * self.num_directions, B, self.hidden_size)
+        lstm = self.n_states > 1
+        if not isinstance(state, (tuple, list)) or len(state) != self.n_states or \
+                not all(isinstance(s, Tensor) for s in state):
+            got = type(state).__name__ if not isinstance(state, (tuple, list)) else \
+                f"({', '.join(type(s).__name__ for s in state)})"
+            want = f"a tuple (h0, c0) of Tensors, each {expected}" if lstm else f"a Tensor h0 {expected}"
+            if not lstm:  # NormRNN.forward wrapped the user's state in a 1-tuple
+                got = type(state[0]).__name__ if len(state) == 1 else got
+            raise BadInput(f"{name}: state must be {want}; got {got}")
+        for k, s in enumerate(state):
+            which = f"hidden[{k}]" if lstm else "hidden"
+            if s.dim() != 3:
+                raise BadInput(f"{name}: For batched 3-D input, {'hx and cx' if lstm else 'hx'} "
+                               f"should also be 3-D but got {s.dim()}-D {which} of size {list(s.shape)}")
+            if tuple(s.shape) != expected:
+                raise BadInput(f"{name}: Expected {which} size {expected}, got {list(s.shape)}")
+            if s.device != input.device:
+                raise BadInput(f"{name}: Input and hidden tensors are not at the same device, found "
+                               f"input tensor at {input.device} and {which} tensor at {s.device}")
+            if not s.is_floating_point() or (s.dtype != input.dtype and not autocast):
+                raise BadInput(f"{name}: {which} dtype ({s.dtype}) must be the input's "
+                               f"({input.dtype})")
+
+    def _check_lengths(self, lengths, T: int, B: int) -> tuple[Tensor, int]:
+        name = type(self).__name__
+        if not isinstance(lengths, Tensor):
+            try:
+                lengths = torch.as_tensor(lengths)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise BadInput(f"{name}: lengths must be an integer tensor or a sequence of ints "
+                               f"of shape (B,) = ({B},); got {type(lengths).__name__} ({e})") from None
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise BadInput(f"{name}: lengths must be an integer tensor (torch.int64), not "
+                           f"{lengths.dtype}: the number of real frames of each sequence")
+        if tuple(lengths.shape) != (B,):
+            raise BadInput(f"{name}: lengths must be (B,) = ({B},), one length per sequence; got "
+                           f"shape {tuple(lengths.shape)}")
+        lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # one transfer for both bounds
+        if lo < 1 or hi > T:
+            raise BadInput(f"{name}: lengths must be (B,)=({B},) in [1, {T}] (T = input.size(0); "
+                           f"any order); got {lengths.tolist()}")
+        return lengths, hi
+
     # ------------------------------------------------------------------ forward
     def run(self, input: Tensor, state: tuple[Tensor, ...] | None,
             lengths: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
         """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None
         -> output (T, B, D*H) (zeros at padded steps), final state tuple of (L*D, B, H)."""
+        lengths = self.check_forward_args(input, state, lengths)
         T, B, _ = input.shape
-        if input.shape[-1] != self.input_size:
-            raise ValueError(f"{type(self).__name__}: expected input (T, B, {self.input_size}); "
-                             f"got {tuple(input.shape)}")
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=input.device)
-            if lengths.shape != (B,) or int(lengths.min()) < 1 or int(lengths.max()) > T:
-                raise ValueError(f"{type(self).__name__}: lengths must be (B,)=({B},) in [1, {T}]; "
-                                 f"got {lengths.tolist()}")
         D, H = self.num_directions, self.hidden_size
         if state is None:
             zeros = input.new_zeros(self.num_layers * D, B, H)
