@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnrnn.nn.norms import STATS
+from bnrnn.nn.norms import STATS, SeqBatchNorm
 from bnrnn.nn.variants import VARIANTS, Variant, make_norm
 
 INITS = ("pytorch", "uniform", "glorot", "orthogonal")
@@ -261,8 +261,15 @@ class RecurrentStack(nn.Module):
                            f"model: model.to({input.dtype})")
         if state is not None:
             self._check_state(input, state, autocast)
+        hi = T  # the longest sequence
         if lengths is not None:
             lengths, hi = self._check_lengths(lengths, T, B)
+        if B == 1:  # only a batch of one can leave a batch norm one value per channel
+            for module in self.modules():
+                if isinstance(module, SeqBatchNorm):
+                    # frame-wise: B values at every step; sequence-wise: the real frames, hi here
+                    module.check_values(1 if module.stats == "frame" else hi, input.shape,
+                                        where=f"{name}(norm={self.norm!r})")
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=input.device)
         return lengths

@@ -87,6 +87,19 @@ class SeqBatchNorm(nn.Module):
 
     Parameters: ``weight`` γ (F), ``bias`` β (F) or None. Buffers: ``running_mean``,
     ``running_var`` (S, F) and ``num_batches_tracked`` (S,), S = ``max_steps`` or 1.
+
+    One value per channel: in training, a call is refused as ``nn.BatchNorm1d`` refuses it
+    ("Expected more than 1 value per channel when training") when its *largest* statistic has
+    a single value, so that mean = x, var = 0 and the output would be β whatever the input.
+    Frame-wise, that is B = 1: the first step of a recurrent layer holds every sequence
+    (lengths >= 1), so it is the largest statistic. Sequence-wise, it is one real frame in
+    all. Later steps of a padded batch with B >= 2 that have one sequence still running are a
+    legitimate batch and are not refused: their statistic over one row gives β on that row and
+    is not folded into the population statistics (``update_running``). This module judges from
+    shapes only (frame-wise B, sequence-wise T·B; it never reads a mask on the host, which on
+    a GPU would cost a sync); ``NormLSTM``/``NormRNN`` check the same rule before any work,
+    with padding discounted by the ``lengths`` they have already read. The fused kernels
+    normalize inside the kernel; their Python side refuses on the same condition first.
     """
 
     def __init__(self, num_features: int, stats: str = "frame", max_steps: int = 100,
@@ -126,6 +139,16 @@ class SeqBatchNorm(nn.Module):
         return (f"{self.num_features}, stats={self.stats}, max_steps={self.max_steps}, "
                 f"momentum={self.momentum}, eps={self.eps}, shift={self.bias is not None}")
 
+    def check_values(self, values: int, size, where: str = "") -> None:
+        """Refuse a training call whose largest statistic has ``values`` <= 1 (see above)."""
+        if self.training and values <= 1:
+            rule = ("frame-wise statistics are over the batch at each time step: training needs "
+                    "B >= 2" if self.stats == "frame" else
+                    "sequence-wise statistics are over the real frames: training needs two or more")
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                             f"{torch.Size(size)} ({where + ': ' if where else ''}SeqBatchNorm {rule}; "
+                             f"use eval() for population statistics)")
+
     # -------------------------------------------------------------- statistics
     def slots(self, t0: int, T: int, device) -> Tensor:
         """Population-statistic index of time steps t0 .. t0+T-1 (the T_max rule)."""
@@ -164,6 +187,7 @@ class SeqBatchNorm(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (T, B, F), mask: (T, B) bool or None -> (T, B, F); time steps start at t = 0."""
         T = x.shape[0]
+        self.check_values(x.shape[1] if self.stats == "frame" else x.shape[0] * x.shape[1], x.shape)
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         if self.training:
             dims = (0, 1) if self.stats == "sequence" else (1,)
@@ -184,6 +208,7 @@ class SeqBatchNorm(nn.Module):
         if self.stats != "frame":
             raise ValueError("SeqBatchNorm: sequence-wise statistics need the whole sequence; a "
                              "normalization inside the recurrence must use stats='frame'")
+        self.check_values(x.shape[0], x.shape)
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         if self.training:
             mean, var, n = masked_moments(xf, mask, (0,))

@@ -72,6 +72,9 @@ def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
     eps = normed[0].eps if normed else 1e-5
     if any(m.eps != eps for m in normed):
         raise ValueError("backend='fused' needs one eps for every norm of a layer")
+    for m in normed:  # the kernels compute BN inside; refuse what SeqBatchNorm.step refuses
+        if _kind(m) == 1:
+            m.check_values(B, (B, m.num_features))
     train = layer.training
     plan = make_plan(*(_kind(m) for m in slots.values()), B=B, H=H, train=train,
                      has_mask=mask is not None, f64=p.dtype == torch.float64, eps=eps,
