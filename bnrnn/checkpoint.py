@@ -40,11 +40,30 @@ def save(path: str | Path, state: dict) -> None:
     torch_save(path, state)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names the file and what to do."""
+
+
 def load(path: str | Path, device: torch.device | str = "cpu") -> dict | None:
+    """The state saved at ``path`` (None if there is no file there), tensors on ``device``.
+
+    Only tensors and plain containers are accepted (``weights_only=True``): a file that is
+    truncated, corrupt or holds anything else raises :class:`CheckpointError`.
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... by cause
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {reason[:200]}); it is "
+            "truncated or corrupt, or was not written by bnrnn. Move it away to start the run "
+            "afresh in another directory, or restore a good copy") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a bnrnn "
+                              "state dict; restore a good copy or start afresh elsewhere")
     # RNG states must live on the CPU whatever map_location says.
     if "rng" in state:
         state["rng"]["torch"] = state["rng"]["torch"].cpu()

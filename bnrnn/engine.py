@@ -8,12 +8,15 @@ batches and the *model* for a :class:`StepOutput` per batch:
   the next (PTB's BPTT windows) — it is then reset at each epoch and before each evaluation;
 - ``model(batch, state) -> StepOutput`` and ``model.metrics(totals) -> dict`` turn summed
   losses into perplexity, bits per character or frame error rate; ``model.selection`` names the
-  validation metric that picks the best epoch (lower is better).
+  validation metric that picks the best epoch (lower is better); ``model.chance_loss`` (optional)
+  is the per-unit loss of a uniform prediction, ln(number of classes).
 
 Each epoch appends one line to ``metrics.jsonl``, saves ``checkpoints/last.pt`` (and
 ``checkpoints/best.pt`` when validation improves) and rewrites ``final.json``; every write is
-atomic. A non-finite loss ends the run with status ``diverged``; an interrupt with
-``interrupted``. ``resume`` continues from ``last.pt`` and reproduces the uninterrupted run.
+atomic. A run ends ``diverged`` when its loss goes non-finite, when a stretch of training steps
+averages more than ``divergence_margin`` nats above ``model.chance_loss`` (it predicts worse
+than a uniform guess), or when a final metric is not finite; SIGINT/SIGTERM end it
+``interrupted`` (:class:`Interrupted` carries the signal, so the caller can exit 130/143). ``resume_from(last.pt's state)`` continues and reproduces the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -59,7 +62,11 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    pass
+    """The run was stopped from outside; ``signum`` is the signal (None: stop_after_epochs)."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -78,6 +85,8 @@ class TrainerConfig:
     # also evaluate with batch norms on the evaluation batch's own statistics (the authors' PTB
     # code did); reported as <split>_batchstat_<metric> beside the population-statistics metrics
     eval_batch_stats: bool = False
+    # diverged: training steps between two checks average more than this above chance_loss
+    divergence_margin: float = 1.0
 
 
 def _to(batch, device):
@@ -94,6 +103,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.info = dict(info or {})
+        # facts fixed for the whole run, found once (git is a subprocess)
+        self.info.setdefault("git_revision", git_revision())
+        self.info.setdefault("hardware", hardware(device))
         self.resolved_config = resolved_config or {}
         self.epoch, self.step = 0, 0
         self.best: dict | None = None  # the metrics row of the best epoch
@@ -123,15 +135,11 @@ class Trainer:
         self.best, self.elapsed = state["best"], state["elapsed"]
         checkpoint.set_rng_state(state["rng"])
 
-    def try_resume(self) -> bool:
-        """Continue from ``checkpoints/last.pt`` if there is one; metrics written after it go."""
-        state = checkpoint.load(self.ckpt_dir / "last.pt", self.device)
-        if state is None:
-            return False
+    def resume_from(self, state: dict) -> None:
+        """Continue from a checkpoint's ``state``; metrics rows written after it are dropped."""
         self.load_state_dict(state)
         self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
         write_jsonl(self.run_dir / "metrics.jsonl", self.history)
-        return True
 
     # ------------------------------------------------------------------ loops
     def _autocast(self):
@@ -152,6 +160,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, Tensor] = {}
         count = 0
+        checked = (0.0, 0)  # loss_sum and count at the previous check
+        chance = getattr(model, "chance_loss", None) if train else None
         n = data.num_batches(split)
         bar = _progress(n, f"epoch {self.epoch} {split}", self.cfg.progress)
         start = time.perf_counter()
@@ -173,11 +183,20 @@ class Trainer:
                 for k, v in out.sums.items():
                     sums[k] = sums.get(k, 0) + v.detach().double()
                 if (i + 1) % self.cfg.check_every == 0 or i + 1 == n:
-                    mean = loss_sum.item() / count  # one sync every check_every steps
+                    total = loss_sum.item()  # one sync every check_every steps
+                    mean = total / count
+                    window = (total - checked[0]) / max(1, count - checked[1])
+                    checked = (total, count)
                     if not math.isfinite(mean):
                         bar.close()
                         raise Diverged(f"non-finite {split} loss ({mean}) at epoch {self.epoch}, "
                                        f"step {self.step}")
+                    if chance is not None and window > chance + self.cfg.divergence_margin:
+                        bar.close()
+                        raise Diverged(
+                            f"{split} loss {window:.4g} over the last steps is above the uniform "
+                            f"prediction's {chance:.4g} + margin {self.cfg.divergence_margin:g} at "
+                            f"epoch {self.epoch}, step {self.step}")
                     bar.set_postfix(model.metrics({"loss_sum": loss_sum.item(), "count": count})
                                     | {"tok/s": f"{count / (time.perf_counter() - start):.0f}"},
                                     refresh=False)
@@ -221,7 +240,9 @@ class Trainer:
     def fit(self) -> dict:
         """Train to ``max_epochs`` (or the end of a resumed run); returns ``final.json``."""
         status, error = "completed", None
-        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        self.signum = None
+        previous = {sig: signal.signal(sig, _raise_interrupted)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while self.epoch < self.cfg.max_epochs:
                 if self.cfg.stop_after_epochs is not None and len(self.history) >= self.cfg.stop_after_epochs:
@@ -233,11 +254,15 @@ class Trainer:
             status, error = "diverged", str(e)
         except (KeyboardInterrupt, Interrupted) as e:
             status, error = "interrupted", str(e) or type(e).__name__
+            self.signum = getattr(e, "signum", signal.SIGINT)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         test = None
         if status == "completed" and self.cfg.test_split and self.best is not None:
             test = self._test_at_best()
+        if status == "completed" and (bad := _non_finite(self.best, test)):
+            status, error = "diverged", f"non-finite final metrics: {', '.join(bad)}"
         final = self._final(status, error, test)
         if self.logger:
             self.logger.finish(final)
@@ -276,7 +301,7 @@ class Trainer:
         # Order matters for resume: metrics first, then the checkpoint that covers them.
         write_jsonl(self.run_dir / "metrics.jsonl", self.history)
         checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
-        write_json(self.run_dir / "final.json", self._final("running", None, None))
+        self._final("running", None, None)
         if self.logger:
             self.logger.log(row, step=self.step)
 
@@ -305,8 +330,6 @@ class Trainer:
             "best": self.best,
             "test": test,
             "selection": f"{self.cfg.eval_splits[0]}_{self.model.selection}",
-            "git_revision": git_revision(),
-            "hardware": hardware(self.device),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         } | self.info
@@ -318,8 +341,15 @@ def _metrics_only(result: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in result.items() if k not in ("seconds", "tokens_per_s")}
 
 
+def _non_finite(best: dict | None, test: dict | None) -> list[str]:
+    """Names of the metrics in the best row and the test result that are NaN or infinite."""
+    rows = [("", best or {}), ("test_", test or {})]
+    return [f"{p}{k}" for p, row in rows for k, v in row.items()
+            if isinstance(v, float) and not math.isfinite(v)]
+
+
 def _raise_interrupted(signum, frame):
-    raise Interrupted(f"received signal {signum}")
+    raise Interrupted(f"received {signal.Signals(signum).name}", signum)
 
 
 class _NoBar:

@@ -15,7 +15,9 @@ import torch
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write ``path`` through ``write(fileobj)`` into a temp file, then rename it into place.
 
-    A crash at any point leaves either the old file or the new one, never half of one.
+    A crash (or a full disk) at any point leaves either the old file or the new one, never
+    half of one. The file gets the permissions a plain ``open`` would give (0666 less the
+    umask; ``mkstemp`` alone makes it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,10 +27,17 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -19,8 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bnrnn.engine import Trainer, TrainerConfig
-from bnrnn.io import git_revision
+from bnrnn import rundir
+from bnrnn.checkpoint import CheckpointError
+from bnrnn.config import ConfigError, validate, validate_data
+from bnrnn.engine import Interrupted, Trainer, TrainerConfig
+from bnrnn.io import git_revision, write_json
 
 log = logging.getLogger("bnrnn")
 
@@ -46,26 +49,33 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def run(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train one configuration in ``run_dir``; returns the best validation metric (the sweep
-    objective), ``inf`` if the run diverged."""
+    objective), ``inf`` if the run diverged.
+
+    Before any work, ``run_dir`` is claimed (``bnrnn.rundir``): a directory that holds a run is
+    refused unless ``resume=true`` with an unchanged configuration. A failure after that is
+    written down (traceback in ``train.log``, ``final.json`` status ``failed``) and re-raised; a
+    SIGINT/SIGTERM ends the run ``interrupted`` and raises :class:`Interrupted`."""
+    validate(cfg)  # every key's type and range, before the run directory or the data is touched
     run_dir = Path(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    device = resolve_device(cfg.device)
+    lock, resume_state = rundir.claim(run_dir, bool(cfg.resume), resolved, device)
+    try:
+        return _run(cfg, run_dir, resolved, device, resume_state)
+    finally:
+        lock.release()
+
+
+def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
+         resume_state: dict | None) -> float:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    device = resolve_device(cfg.device)
-
-    data = instantiate(cfg.data)
-    model = instantiate(cfg.model, **data.dims).to(device)
-    optimizer = instantiate(cfg.optim, params=model.parameters())
-    scheduler = instantiate(cfg.schedule, optimizer=optimizer) if cfg.schedule else None
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger = instantiate(cfg.logger, run_dir=str(run_dir))
-    logger.log_config(resolved)
-    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    if cfg.quiet:
-        trainer_cfg.progress = False
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    rundir.write_hydra_files(run_dir, cfg, overrides,
+                             HydraConfig.get() if HydraConfig.initialized() else None)
     info = {
         "name": cfg.name,
         "seed": cfg.seed,
@@ -82,19 +92,52 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     info["git_revision"] = git_revision()
     if info["git_revision"] == "unknown":
         info["git_revision"] = os.environ.get("BNRNN_GIT_REVISION", "unknown")
-    trainer = Trainer(model=model, data=data, optimizer=optimizer, scheduler=scheduler,
-                      config=trainer_cfg, run_dir=run_dir, device=device, logger=logger,
-                      info=info, resolved_config=resolved)
-    if cfg.resume and trainer.try_resume():
-        log.info("resumed %s at epoch %d", run_dir, trainer.epoch)
-    log.info("%s: %d parameters on %s, run dir %s", cfg.name,
-             sum(p.numel() for p in model.parameters()), device, run_dir)
-    final = trainer.fit()
+    trainer = None
+    try:
+        data = instantiate(cfg.data)
+        validate_data(cfg, data)  # batch sizes against the splits' sizes, before any step
+        model = instantiate(cfg.model, **data.dims).to(device)
+        optimizer = instantiate(cfg.optim, params=model.parameters())
+        scheduler = instantiate(cfg.schedule, optimizer=optimizer) if cfg.schedule else None
+        logger = instantiate(cfg.logger, run_dir=str(run_dir))
+        logger.log_config(resolved)
+        trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+        if cfg.quiet:
+            trainer_cfg.progress = False
+        trainer = Trainer(model=model, data=data, optimizer=optimizer, scheduler=scheduler,
+                          config=trainer_cfg, run_dir=run_dir, device=device, logger=logger,
+                          info=info, resolved_config=resolved)
+        if resume_state is not None:
+            trainer.resume_from(resume_state)
+            log.info("resumed %s at epoch %d", run_dir, trainer.epoch)
+        log.info("%s: %d parameters on %s, run dir %s", cfg.name,
+                 sum(p.numel() for p in model.parameters()), device, run_dir)
+        final = trainer.fit()
+    except Exception as e:
+        log.exception("%s failed in %s", cfg.name, run_dir)  # the traceback goes to train.log
+        _record_failure(run_dir, trainer, info, e)
+        raise
     log.info("%s finished: %s, best %s", cfg.name, final["status"],
              {k: v for k, v in (final["best"] or {}).items() if k.startswith("valid")})
+    if final["status"] == "interrupted" and trainer.signum is not None:
+        raise Interrupted(final["error"], trainer.signum)
     if final["status"] == "diverged" or final["best"] is None:
         return float("inf")
     return float(final["best"][final["selection"]])
+
+
+def _record_failure(run_dir: Path, trainer: Trainer | None, info: dict, error: Exception) -> None:
+    """final.json status ``failed`` with the error; the last good checkpoint stays as it was.
+    Best effort: when even this write fails (a full disk), the log says so."""
+    message = f"{type(error).__name__}: {error}"
+    try:
+        if trainer is not None:
+            trainer._final("failed", message, None)
+        else:
+            write_json(run_dir / "final.json", {"status": "failed", "error": message,
+                                                "epochs_completed": 0} | info)
+    except OSError as e:
+        log.error("could not record the failure in %s/final.json: %s", run_dir, e)
 
 
 # configs/ sits beside the package (editable install); an absolute path works for `python -m` too.
@@ -103,9 +146,18 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
+    """The CLI task: exit 2 with one line for a run directory or checkpoint that cannot be used,
+    128 + signal for an interrupted run (a multirun stops there too: Hydra lets SystemExit out)."""
     if cfg.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    return run(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        return run(cfg, HydraConfig.get().runtime.output_dir)
+    except (rundir.RunDirError, CheckpointError, ConfigError) as e:
+        print(f"bnrnn: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Interrupted as e:
+        log.warning("interrupted (%s): final.json says so; resume=true continues from the last epoch", e)
+        raise SystemExit(128 + e.signum) from None
 
 
 if __name__ == "__main__":

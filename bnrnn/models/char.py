@@ -47,6 +47,11 @@ class CharLM(nn.Module):
         nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
         return StepOutput(objective=nll / (T * B), loss_sum=nll.detach(), count=T * B)
 
+    @property
+    def chance_loss(self) -> float:
+        """A uniform prediction's cross-entropy, ln V: the line a diverged run stays above."""
+        return math.log(self.decoder.out_features)
+
     @staticmethod
     def metrics(totals: dict) -> dict[str, float]:
         ce = totals["loss_sum"] / totals["count"]

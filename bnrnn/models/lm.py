@@ -41,6 +41,7 @@ class WordLM(nn.Module):
                             norm=norm, init="uniform", init_range=init_range, **(norm_options or {}))
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.init_range = init_range
+        self.chance_loss = math.log(vocab_size)  # a uniform prediction's NLL: the divergence line
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -1,6 +1,7 @@
 """Framewise phone classifier of Laurent et al. §5.1: stacked bidirectional NormLSTMs + softmax."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -56,6 +57,7 @@ class FramewiseClassifier(nn.Module):
             raise ValueError("FramewiseClassifier: feature_std must be positive")
         self.register_buffer("feature_mean", mean)
         self.register_buffer("feature_std", std)
+        self.chance_loss = math.log(num_classes)  # a uniform prediction's FCE: the divergence line
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
