@@ -53,13 +53,16 @@ class Row:
 
 
 def group_rows(runs: list[Run], row_class: type[Row], names: tuple[str, ...],
-               variants: tuple[str, ...]) -> list[Row]:
+               variants: tuple[str, ...],
+               extra: Callable[[Run], list[str]] = extra_overrides) -> list[Row]:
     """Complete runs grouped by (experiment, variant, extra overrides), every other run on its
-    own; ordered by ``names``, then ``variants``, complete rows before the others."""
+    own; ordered by ``names``, then ``variants``, complete rows before the others. ``extra``
+    gives a run's overrides that split a row (a family that records a setting elsewhere, such
+    as PTB's protocol, leaves it out here)."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     rows: list[Row] = []
     for run in runs:
-        key = (str(run.name), str(run.norm), " ".join(extra_overrides(run)))
+        key = (str(run.name), str(run.norm), " ".join(extra(run)))
         if run.complete:
             groups.setdefault(key, []).append(run)
         else:
