@@ -1,24 +1,32 @@
 """Penn Treebank word-level results: Laurent et al. Table 2, extended, and its Figure 2.
 
 ``build(runs_root, out_dir, command)`` reads the run directories under ``runs_root``
-(``results/runs/ptb``) and writes ``ptb.md`` + ``ptb.csv`` (per size and variant: best train
-and valid perplexity, test perplexity at the best validation epoch, epochs, wall time,
-tokens/s, hardware, the published numbers beside ours) and ``ptb_curves.png`` + ``.pdf``
-(train dotted and valid solid perplexity per epoch, one colour per variant, one panel per
-size). Runs that completed the protocol are averaged over seeds; every other run (shortened,
-interrupted, still running, diverged) gets a row of its own, marked.
+(``results/runs/ptb``) and writes ``ptb.md`` + ``ptb.csv`` and ``ptb_curves.png`` + ``.pdf``.
+
+Rows are grouped by (size, protocol, variant, extra overrides). A row gives the best train and
+valid perplexity and the test perplexity at the best validation epoch, each as bnrnn measures
+it (``ppl``) and as the authors' code did (``ppl_batch_mean``), BN validation on the batch's own
+statistics beside the population one, and the published numbers beside ours. ``ptb.md`` also
+holds the protocol table (composed from ``configs/protocol`` with Hydra, so it is what runs),
+the small-baseline ablation of clip and schedule, and the paper's claims weighed against the
+seed spread. Runs that completed the protocol are averaged over seeds; every other run
+(shortened, interrupted, still running, diverged) gets a row of its own, marked, and is never
+averaged in. docs/protocols.md gives the source of every protocol value and the definitions.
 """
 from __future__ import annotations
 
+import functools
+import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
-from bnrnn.report.format import (DASH, curves_figure, duration, fmt, markdown_table, ordered,
-                                 provenance, write_table)
+from bnrnn.report.format import (DASH, curves_figure, duration, fmt, fmt_mean_std,
+                                 markdown_table, ordered, provenance, write_table)
 from bnrnn.report.rows import Row as TableRow, group_rows as group_runs
-from bnrnn.report.runs import Run, RunError, load_runs
+from bnrnn.report.runs import MECHANICS, STATUS_MARKED, Run, RunError, extra_overrides, load_runs
 
-# The published numbers, copied from ../shared/REFERENCE.md §3 (the papers are in shared/seeds/).
+# The published numbers (docs/protocols.md, "Published numbers").
 PAPER_NUMBERS = {
     # Laurent et al. 2016, "Batch Normalized Recurrent Neural Networks", Table 2: best perplexity
     # (train, valid) of the baseline LSTM and of input-only frame-wise BN (our `bn_input`).
@@ -50,24 +58,85 @@ VARIANTS = ("none", "bn_input", "bn_recurrent", "ln")
 VARIANT_NAMES = {"none": "baseline", "bn_input": "BN input (Laurent)",
                  "bn_recurrent": "BN recurrent (Cooijmans)", "ln": "LayerNorm (Ba)"}
 COLOURS = {"none": "#1f77b4", "bn_input": "#d62728", "bn_recurrent": "#2ca02c", "ln": "#9467bd"}
-TARGET_PCT = 3.0  # issue 4: the small baseline's valid perplexity within ±3 % of the paper's
+EXTRA_COLOURS = ("#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#bcbd22", "#7f7f7f")
+TARGET_PCT = 3.0  # the small baseline's valid perplexity within ±3 % of the paper's
 
-def _test_ppl(run: Run) -> float | None:
-    return run.test.get("ppl")
+# configs/protocol/<name>.yaml; runs from before protocols were recorded ran the paper's text
+PROTOCOLS = ("laurent_text", "laurent_code", "zaremba")
+DEFAULT_PROTOCOL = "laurent_text"
+PROTOCOL_SOURCES = {
+    ("laurent_text", "ptb_small"): "Laurent et al. §5.2",
+    ("laurent_text", "ptb_medium"): "Laurent et al. §5.2",
+    ("laurent_text", "ptb_large"): "Laurent et al. §5.2; dropout rate Zaremba et al. §4.1",
+    ("laurent_code", "ptb_small"): "norm-rnn 42ea5c5 experiments/ptb_small_ref.py, optimizers.py",
+    ("laurent_code", "ptb_medium"): "norm-rnn 04058fc experiments/ptb_medium_ref.py, model.py",
+    ("laurent_code", "ptb_large"): "norm-rnn 04058fc experiments/ptb_large_ref.py, model.py",
+    ("zaremba", "ptb_small"): "Zaremba et al. §4.1",
+    ("zaremba", "ptb_medium"): "Zaremba et al. §4.1",
+    ("zaremba", "ptb_large"): "Zaremba et al. §4.1",
+}
+# The protocol is a column of its own, so its override does not split a row a second time.
+PTB_NEUTRAL = MECHANICS | STATUS_MARKED | {"protocol"}
+ZAREMBA_BATCH = "data.batch_size=20"  # the older way of running Zaremba's batch under the text
+
+CLAIM_SIGMAS = 2.0  # a difference counts when |Δ| > 2 · sqrt(s1²/n1 + s2²/n2)
+CLAIM_MIN_SEEDS = 3
+
+
+def protocol_of(run: Run) -> str:
+    """The run's protocol: final.json's, else the config's, else the paper's text."""
+    return (run.final.get("protocol") or (run.config.get("protocol") or {}).get("name")
+            or DEFAULT_PROTOCOL)
+
+
+def _best(key: str):
+    return lambda r: r.best.get(key)
+
+
+def _test(key: str):
+    return lambda r: r.test.get(key)
+
+
+def _as_the_paper(split: str):
+    """The authors' metric as their code measured it: BN on batch statistics where the run has
+    them (BN models under eval_batch_stats), the model as it is otherwise."""
+    def value(r: Run) -> float | None:
+        row = r.best if split == "valid" else r.test
+        prefix = "valid_" if split == "valid" else ""
+        batchstat = row.get(f"{prefix}batchstat_ppl_batch_mean")
+        return batchstat if batchstat is not None else row.get(f"{prefix}ppl_batch_mean")
+    return value
 
 
 VALUE = {
     "train": lambda r: r.best_of("train_ppl"),
-    "valid": lambda r: r.best.get("valid_ppl"),
-    "test": _test_ppl,
+    "train_bm": _best("train_ppl_batch_mean"),  # at the best-validation epoch
+    "valid": _best("valid_ppl"),
+    "valid_bm": _best("valid_ppl_batch_mean"),
+    "valid_bs": _best("valid_batchstat_ppl"),
+    "valid_bs_bm": _best("valid_batchstat_ppl_batch_mean"),
+    "valid_as_paper": _as_the_paper("valid"),
+    "test": _test("ppl"),
+    "test_bm": _test("ppl_batch_mean"),
+    "test_bs": _test("batchstat_ppl"),
+    "test_bs_bm": _test("batchstat_ppl_batch_mean"),
     "wall_time": lambda r: r.wall_time,
     "tokens_per_s": lambda r: r.mean_of("train_tokens_per_s"),
     "first_train": lambda r: next((m["train_ppl"] for m in r.metrics if m.get("epoch") == 1), None),
 }
+CSV_NAMES = {"train": "best_train_ppl", "valid": "best_valid_ppl", "test": "test_ppl_at_best_valid",
+             "train_bm": "train_ppl_batch_mean_at_best", "valid_bm": "valid_ppl_batch_mean_at_best",
+             "valid_bs": "valid_batchstat_ppl_at_best",
+             "valid_bs_bm": "valid_batchstat_ppl_batch_mean_at_best",
+             "test_bm": "test_ppl_batch_mean", "test_bs": "test_batchstat_ppl",
+             "test_bs_bm": "test_batchstat_ppl_batch_mean"}
 
 
+@dataclass
 class Row(TableRow):
     """One line of the PTB table; its experiment name is the size."""
+
+    protocol: str = DEFAULT_PROTOCOL
 
     variant_names = VARIANT_NAMES
     metrics = VALUE
@@ -77,10 +146,28 @@ class Row(TableRow):
     def size(self) -> str:
         return self.name
 
+    def stat(self, key: str) -> tuple[float | None, float | None, int]:
+        """(mean, sample std or None, n) of a column over the row's runs."""
+        values = self.values(key)
+        if not values:
+            return None, None, 0
+        return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
+                len(values))
+
 
 def group_rows(runs: list[Run]) -> list[Row]:
-    """Complete runs grouped by (size, variant, extra overrides); every other run on its own."""
-    return group_runs(runs, Row, SIZES, VARIANTS)
+    """Complete runs grouped by (size, protocol, variant, extra overrides); every other run on
+    its own; ordered by size, protocol, variant."""
+    rows: list[Row] = []
+    for protocol in sorted({protocol_of(r) for r in runs}, key=lambda p: ordered(PROTOCOLS, p)):
+        part = [r for r in runs if protocol_of(r) == protocol]
+        for row in group_runs(part, Row, SIZES, VARIANTS,
+                              extra=lambda r: extra_overrides(r, PTB_NEUTRAL)):
+            row.protocol = protocol
+            rows.append(row)
+    return sorted(rows, key=lambda r: (ordered(SIZES, r.name), ordered(PROTOCOLS, r.protocol),
+                                       ordered(VARIANTS, r.norm), r.extra, not r.complete,
+                                       r.status, r.runs[0].seed or 0, str(r.runs[0].path)))
 
 
 def _diff(ours: float | None, paper: float | None) -> str:
@@ -93,31 +180,34 @@ def _seeds(row: Row) -> str:
     return ", ".join(str(r.seed) for r in row.runs)
 
 
-ZAREMBA_BATCH = "data.batch_size=20"  # Zaremba et al.'s protocol differs from Laurent's by the batch
-
-
 def _paper(row: Row) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    """(Laurent train/valid, Zaremba valid/test) for the rows run under their protocol: Laurent's
-    (batch 32, no extra override) and Zaremba's (the baseline at batch 20)."""
-    laurent = PAPER_NUMBERS["laurent"].get((row.size, row.norm)) if not row.extra else None
-    zaremba = (PAPER_NUMBERS["zaremba"].get(row.size)
-               if row.norm == "none" and row.extra == ZAREMBA_BATCH else None)
+    """(Laurent train/valid, Zaremba valid/test) for the rows run under their protocols:
+    Laurent's (text or code, no extra override) and Zaremba's (the baseline under
+    protocol=zaremba, or at batch 20 under the text, as the older runs did it)."""
+    laurent = (PAPER_NUMBERS["laurent"].get((row.size, row.norm))
+               if row.protocol in ("laurent_text", "laurent_code") and not row.extra else None)
+    zaremba_run = ((row.protocol == "zaremba" and not row.extra)
+                   or (row.protocol == DEFAULT_PROTOCOL and row.extra == ZAREMBA_BATCH))
+    zaremba = PAPER_NUMBERS["zaremba"].get(row.size) if row.norm == "none" and zaremba_run else None
     return laurent, zaremba
 
 
 def perplexity_table(rows: list[Row]) -> str:
-    header = ["size", "variant", "status", "seeds", "epochs", "best train ppl", "best valid ppl",
-              "test ppl at best valid", "Laurent train / valid", "Δ train / Δ valid vs Laurent",
-              "Zaremba valid / test", "Δ valid / Δ test vs Zaremba"]
+    header = ["size", "protocol", "variant", "status", "seeds", "epochs", "best train ppl",
+              "train, authors' metric", "best valid ppl", "valid, authors' metric",
+              "valid ppl, BN batch stats", "test ppl at best valid", "test, authors' metric",
+              "Laurent train / valid", "Δ train / Δ valid vs Laurent", "Zaremba valid / test",
+              "Δ valid / Δ test vs Zaremba"]
     body = []
     for row in rows:
         laurent, zaremba = _paper(row)
         train, valid, test = row.mean("train"), row.mean("valid"), row.mean("test")
         run = row.runs[0]
         body.append([
-            row.size.removeprefix("ptb_"), row.variant, row.status, _seeds(row),
+            row.size.removeprefix("ptb_"), row.protocol, row.variant, row.status, _seeds(row),
             f"{run.epochs_completed}/{run.protocol_epochs or '?'}",
-            row.cell("train"), row.cell("valid"), row.cell("test"),
+            row.cell("train"), row.cell("train_bm"), row.cell("valid"), row.cell("valid_bm"),
+            row.cell("valid_bs"), row.cell("test"), row.cell("test_bm"),
             f"{laurent[0]} / {laurent[1]}" if laurent else DASH,
             f"{_diff(train, laurent[0])} / {_diff(valid, laurent[1])}"
             if laurent and row.complete else DASH,
@@ -128,9 +218,29 @@ def perplexity_table(rows: list[Row]) -> str:
     return markdown_table(header, body)
 
 
+def evaluation_table(rows: list[Row]) -> str:
+    """The complete rows that have the authors' metric: both perplexities, both BN statistics,
+    and the one measured as the paper's code measured it beside the paper's number."""
+    header = ["size", "protocol", "variant", "seeds", "valid ppl (population)",
+              "authors' metric (population)", "valid ppl (batch stats)",
+              "authors' metric (batch stats)", "as the authors' code measured", "Laurent valid",
+              "Δ vs Laurent"]
+    body = []
+    for row in rows:
+        if not row.complete or not row.values("valid_bm"):
+            continue
+        laurent, _ = _paper(row)
+        body.append([row.size.removeprefix("ptb_"), row.protocol, row.variant, _seeds(row),
+                     row.cell("valid"), row.cell("valid_bm"), row.cell("valid_bs"),
+                     row.cell("valid_bs_bm"), row.cell("valid_as_paper"),
+                     f"{laurent[1]}" if laurent else DASH,
+                     _diff(row.mean("valid_as_paper"), laurent[1]) if laurent else DASH])
+    return markdown_table(header, body) if body else ""
+
+
 def runs_table(rows: list[Row]) -> str:
-    header = ["size", "variant", "status", "seeds", "epochs", "wall time", "per epoch",
-              "full protocol (projected)", "train tokens/s", "hardware"]
+    header = ["size", "protocol", "variant", "status", "seeds", "epochs", "wall time",
+              "per epoch", "full protocol (projected)", "train tokens/s", "hardware"]
     body = []
     for row in rows:
         run = row.runs[0]
@@ -138,8 +248,8 @@ def runs_table(rows: list[Row]) -> str:
         wall, epochs = row.mean("wall_time"), run.epochs_completed
         per_epoch = wall / epochs if wall is not None and epochs else None
         projected = per_epoch * run.protocol_epochs if per_epoch and run.protocol_epochs else None
-        body.append([row.size.removeprefix("ptb_"), row.variant, row.status, _seeds(row),
-                     f"{epochs}/{run.protocol_epochs or '?'}",
+        body.append([row.size.removeprefix("ptb_"), row.protocol, row.variant, row.status,
+                     _seeds(row), f"{epochs}/{run.protocol_epochs or '?'}",
                      duration(wall), duration(per_epoch), duration(projected),
                      fmt(row.mean("tokens_per_s"), 0), "; ".join(hardware)])
     return markdown_table(header, body)
@@ -150,16 +260,14 @@ def csv_rows(rows: list[Row]) -> list[dict]:
     for row in rows:
         laurent, zaremba = _paper(row)
         run = row.runs[0]
-        record = {"size": row.size, "norm": row.norm, "overrides": row.extra, "status": row.status,
+        record = {"size": row.size, "protocol": row.protocol, "norm": row.norm,
+                  "overrides": row.extra, "status": row.status,
                   "n_runs": len(row.runs), "seeds": " ".join(str(r.seed) for r in row.runs),
                   "epochs_completed": run.epochs_completed,
                   "protocol_epochs": run.protocol_epochs}
-        for key in ("train", "valid", "test"):
-            values = row.values(key)
-            name = {"train": "best_train_ppl", "valid": "best_valid_ppl",
-                    "test": "test_ppl_at_best_valid"}[key]
-            record[f"{name}_mean"] = statistics.fmean(values) if values else None
-            record[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        for key, name in CSV_NAMES.items():
+            mean, std, _ = row.stat(key)
+            record[f"{name}_mean"], record[f"{name}_std"] = mean, std
         record |= {
             "laurent_train_ppl": laurent[0] if laurent else None,
             "laurent_valid_ppl": laurent[1] if laurent else None,
@@ -168,6 +276,8 @@ def csv_rows(rows: list[Row]) -> list[dict]:
         }
         for name, ours, paper in (("diff_train_vs_laurent", row.mean("train"), laurent and laurent[0]),
                                   ("diff_valid_vs_laurent", row.mean("valid"), laurent and laurent[1]),
+                                  ("diff_valid_as_paper_vs_laurent", row.mean("valid_as_paper"),
+                                   laurent and laurent[1]),
                                   ("diff_valid_vs_zaremba", row.mean("valid"), zaremba and zaremba[0]),
                                   ("diff_test_vs_zaremba", row.mean("test"), zaremba and zaremba[1])):
             comparable = row.complete and ours is not None and paper is not None
@@ -177,6 +287,261 @@ def csv_rows(rows: list[Row]) -> list[dict]:
                    "hardware": "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))}
         out.append(record)
     return out
+
+
+# ---------------------------------------------------------------------- the protocol table
+def _schedule_text(decay: float, after_epoch: int, every: int, epochs: int) -> str:
+    """The per-epoch learning rates of bnrnn.schedules.decay_after, in words."""
+    from bnrnn.schedules import _decay_factor
+
+    factors = [_decay_factor(e - 1, decay, after_epoch, every) for e in range(1, epochs + 1)]
+    first = next((e for e, f in enumerate(factors, 1) if f < 1), None)
+    if first is None:
+        return f"1 for all {epochs} epochs"
+    step = f"÷{1 / decay:g}"
+    when = "each epoch" if every == 1 else f"every {every} epochs"
+    if first == epochs:
+        return f"1 for epochs 1–{first - 1}, {step} for epoch {first} (the last)"
+    return f"1 for epochs 1–{first - 1}, {step} {when} from epoch {first}; last epoch {factors[-1]:.3g}"
+
+
+@functools.lru_cache(maxsize=None)  # the configs do not change while a process runs
+def protocol_settings(protocols: tuple[str, ...] = PROTOCOLS,
+                      sizes: tuple[str, ...] = SIZES) -> tuple[dict, ...]:
+    """Each (protocol, size) as Hydra composes ``experiment=<size> protocol=<protocol>``: the
+    values a run of it trains with."""
+    from hydra import compose, initialize_config_dir
+
+    from bnrnn.train import CONFIG_DIR
+
+    out = []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for protocol in protocols:
+            for size in sizes:
+                cfg = compose(config_name="config",
+                              overrides=[f"experiment={size}", f"protocol={protocol}"])
+                out.append({
+                    "protocol": protocol, "size": size,
+                    "batch_size": int(cfg.data.batch_size), "bptt": int(cfg.data.bptt),
+                    "clip": cfg.trainer.clip_grad_norm, "epochs": int(cfg.trainer.max_epochs),
+                    "decay": float(cfg.schedule.decay), "after_epoch": int(cfg.schedule.after_epoch),
+                    "every": int(cfg.schedule.get("every", 1)),
+                    "dropout": float(cfg.model.dropout),
+                    "eval_batch_size": int(cfg.data.eval_batch_size),
+                    "eval_batch_stats": bool(cfg.trainer.eval_batch_stats),
+                })
+    return tuple(out)
+
+
+def protocol_table(settings) -> str:
+    header = ["size", "protocol", "batch", "BPTT", "clip", "epochs", "lr schedule (lr 1 at start)",
+              "dropout", "eval streams", "BN statistics at validation", "source"]
+    body = []
+    for s in sorted(settings, key=lambda s: (ordered(SIZES, s["size"]),
+                                             ordered(PROTOCOLS, s["protocol"]))):
+        body.append([s["size"].removeprefix("ptb_"), s["protocol"], str(s["batch_size"]),
+                     str(s["bptt"]), fmt(s["clip"], 0) if s["clip"] is not None else "none",
+                     str(s["epochs"]),
+                     _schedule_text(s["decay"], s["after_epoch"], s["every"], s["epochs"]),
+                     f"{s['dropout']:g}", str(s["eval_batch_size"]),
+                     "population, and batch (reported beside)" if s["eval_batch_stats"]
+                     else "population",
+                     PROTOCOL_SOURCES.get((s["protocol"], s["size"]), DASH)])
+    return markdown_table(header, body)
+
+
+# ---------------------------------------------------------------------- seeds against spread
+def compare_means(a: list[float], b: list[float], min_n: int = CLAIM_MIN_SEEDS,
+                  sigmas: float = CLAIM_SIGMAS) -> dict:
+    """b against a: Δ = mean(b) − mean(a), the threshold sigmas · sqrt(s_a²/n_a + s_b²/n_b)
+    and the outcome: 'lower', 'higher', 'within noise', or 'not yet evidence (n=…)' when either
+    side has fewer than ``min_n`` values."""
+    na, nb = len(a), len(b)
+    delta = statistics.fmean(b) - statistics.fmean(a) if a and b else None
+    if na < min_n or nb < min_n:
+        return {"delta": delta, "threshold": None,
+                "outcome": f"not yet evidence (n={na}, {nb})"}
+    threshold = sigmas * math.sqrt(statistics.variance(a) / na + statistics.variance(b) / nb)
+    outcome = "within noise" if abs(delta) <= threshold else ("lower" if delta < 0 else "higher")
+    return {"delta": delta, "threshold": threshold, "outcome": outcome}
+
+
+# (question, column, the outcome that answers "yes", the outcome that answers "no")
+CLAIMS = (
+    ("Does BN lower the train perplexity?", "train", "best train ppl", "lower", "higher"),
+    ("Does BN lower the train perplexity?", "train_bm", "train, authors' metric (best-valid epoch)",
+     "lower", "higher"),
+    ("Is BN's validation not better?", "valid", "best valid ppl (population)", "higher", "lower"),
+    ("Is BN's validation not better?", "valid_as_paper",
+     "valid, authors' metric (BN on batch stats where measured)", "higher", "lower"),
+)
+
+
+def _answer(result: dict, yes: str, no: str) -> str:
+    outcome = result["outcome"]
+    return {yes: "yes", no: "no"}.get(outcome, outcome)
+
+
+def _complete(rows: list[Row], size: str, protocol: str, norm: str, extra: str = "") -> Row | None:
+    return next((r for r in rows if r.complete and (r.size, r.protocol, r.norm, r.extra)
+                 == (size, protocol, norm, extra)), None)
+
+
+def _not_complete(rows: list[Row], size: str, protocol: str, norm: str, extra: str = "") -> int:
+    return sum(len(r.runs) for r in rows if not r.complete and
+               (r.size, r.protocol, r.norm, r.extra) == (size, protocol, norm, extra))
+
+
+def _mean_std(row: Row | None, key: str, digits: int = 2) -> str:
+    values = row.values(key) if row else []
+    if not values:
+        return "— (n=0)"
+    text = fmt_mean_std(values, digits)
+    return text if len(values) > 1 else f"{text} (n=1)"
+
+
+def claims_section(rows: list[Row], size: str = "ptb_small",
+                   protocols: tuple[str, ...] = ("laurent_code", "laurent_text"),
+                   norm: str = "bn_input") -> str:
+    header = ["protocol", "question", "measured as", "baseline", VARIANT_NAMES[norm], "Δ",
+              f"{CLAIM_SIGMAS:g}·sqrt(s1²/n1 + s2²/n2)", "answer"]
+    body = []
+    for protocol in protocols:
+        base, other = _complete(rows, size, protocol, "none"), _complete(rows, size, protocol, norm)
+        for question, key, what, yes, no in CLAIMS:
+            result = compare_means(base.values(key) if base else [], other.values(key) if other else [])
+            body.append([protocol, question, what, _mean_std(base, key), _mean_std(other, key),
+                         fmt(result["delta"], 2) if result["delta"] is None
+                         else f"{result['delta']:+.2f}",
+                         fmt(result["threshold"], 2), _answer(result, yes, no)])
+    rule = (f"Rule: with at least {CLAIM_MIN_SEEDS} complete seeds on each side, Δ = mean(BN) − "
+            f"mean(baseline) counts when |Δ| > {CLAIM_SIGMAS:g}·sqrt(s1²/n1 + s2²/n2) (s: sample "
+            "std over seeds); then the answer is yes or no by its sign, otherwise \"within "
+            "noise\". With fewer seeds the answer is \"not yet evidence\" and the n are given. "
+            "Only runs that completed the protocol count.")
+    return (f"{size.removeprefix('ptb_').capitalize()} size, {VARIANT_NAMES[norm]} against the "
+            "baseline. The paper's claims: BN trains faster (lower train perplexity) and does "
+            "not generalize better (validation not lower).\n\n" + markdown_table(header, body)
+            + "\n" + rule + "\n")
+
+
+# ---------------------------------------------------------------------- the small ablation
+# The 2 × 2 of clip and schedule on the small baseline: (protocol, extra overrides, clip, schedule)
+ABLATION = (
+    ("laurent_code", "", 5, "code: 5 epochs, ÷2 from epoch 5"),
+    ("laurent_code", "trainer.clip_grad_norm=10", 10, "code: 5 epochs, ÷2 from epoch 5"),
+    ("laurent_text", "trainer.clip_grad_norm=5", 5, "text: 15 epochs, ÷2 each epoch from 7"),
+    ("laurent_text", "", 10, "text: 15 epochs, ÷2 each epoch from 7"),
+)
+
+
+def ablation_effects(code5: float | None, code10: float | None, text5: float | None,
+                     text10: float | None, paper: float) -> dict:
+    """How the small baseline's gap to the paper (text10 − paper) splits between the clip and
+    the schedule. Each effect is the drop in valid perplexity from one change; the two paths
+    through the 2 × 2 (schedule first, or clip first) each add up to text10 − code5. Entries
+    whose cells are missing are None."""
+    def minus(x, y):
+        return None if x is None or y is None else x - y
+
+    out = {
+        "gap": minus(text10, paper),
+        "residual": minus(code5, paper),  # what is left under the code's protocol
+        # via code + clip 10: schedule at clip 10, then clip at the code's schedule
+        "schedule_at_clip10": minus(text10, code10),
+        "clip_at_code_schedule": minus(code10, code5),
+        # via text + clip 5: clip at the text's schedule, then schedule at clip 5
+        "clip_at_text_schedule": minus(text10, text5),
+        "schedule_at_clip5": minus(text5, code5),
+    }
+    pairs = {"schedule": ("schedule_at_clip10", "schedule_at_clip5"),
+             "clip": ("clip_at_code_schedule", "clip_at_text_schedule")}
+    for name, (x, y) in pairs.items():
+        out[f"{name}_mean"] = (None if out[x] is None or out[y] is None
+                               else (out[x] + out[y]) / 2)
+    out["interaction"] = minus(out["clip_at_text_schedule"], out["clip_at_code_schedule"])
+    return out
+
+
+def _share(effect: float | None, gap: float | None) -> str:
+    if effect is None:
+        return "cannot be computed yet"
+    text = f"{effect:+.2f}"
+    if gap:
+        text += f" ({100 * effect / gap:.0f} % of the gap)"
+    return text
+
+
+def _noise(rows_a: Row | None, rows_b: Row | None) -> str:
+    result = compare_means(rows_a.values("valid") if rows_a else [],
+                           rows_b.values("valid") if rows_b else [])
+    if result["threshold"] is None:
+        return f" [{result['outcome']}]"
+    verdict = "within noise" if result["outcome"] == "within noise" else "beyond the seed spread"
+    return f" [{verdict}: 2σ = {result['threshold']:.2f}]"
+
+
+def ablation_section(rows: list[Row], size: str = "ptb_small") -> str:
+    paper = PAPER_NUMBERS["laurent"][(size, "none")][1]
+    cells = [_complete(rows, size, p, "none", e) for p, e, _, _ in ABLATION]
+    header = ["protocol", "overrides", "clip", "schedule", "n (complete)", "not complete",
+              "best valid ppl", "valid, authors' metric", "test ppl", "Δ valid vs paper"]
+    body = []
+    for (protocol, extra, clip, schedule), row in zip(ABLATION, cells):
+        n = len(row.runs) if row else 0
+        body.append([protocol, extra or DASH, str(clip), schedule,
+                     f"{n}" + (" (< 3)" if 0 < n < CLAIM_MIN_SEEDS else ""),
+                     str(_not_complete(rows, size, protocol, "none", extra)),
+                     _mean_std(row, "valid"), _mean_std(row, "valid_bm"), _mean_std(row, "test"),
+                     _diff(row.mean("valid") if row else None, paper)])
+    means = [row.mean("valid") if row else None for row in cells]
+    e = ablation_effects(*means, paper=paper)
+    code5, code10, text5, text10 = cells
+    names = [p + (f" + {x}" if x else "") for p, x, _, _ in ABLATION]
+    missing = [name for name, row in zip(names, cells) if row is None]
+    few = [f"{name} (n={len(row.runs)})" for name, row in zip(names, cells)
+           if row is not None and len(row.runs) < CLAIM_MIN_SEEDS]
+    sentences = []
+    if e["gap"] is None:
+        sentences.append(f"The text protocol's cell has no complete run, so there is no gap to "
+                         f"split yet.")
+    else:
+        sentences.append(f"Gap to explain: the text protocol's best valid perplexity "
+                         f"{means[3]:.2f} minus the paper's {paper} = {e['gap']:+.2f}. Each step "
+                         "below is the drop in best valid perplexity it brings (positive: it "
+                         "closes the gap).")
+        if e["schedule_at_clip10"] is not None or e["clip_at_code_schedule"] is not None:
+            sentences.append(
+                f"Path 1, schedule first: the code's schedule at clip 10 "
+                f"{_share(e['schedule_at_clip10'], e['gap'])}"
+                f"{_noise(code10, text10) if e['schedule_at_clip10'] is not None else ''}; "
+                f"then clip 10 → 5 at the code's schedule "
+                f"{_share(e['clip_at_code_schedule'], e['gap'])}"
+                f"{_noise(code5, code10) if e['clip_at_code_schedule'] is not None else ''}.")
+        if e["clip_at_text_schedule"] is not None or e["schedule_at_clip5"] is not None:
+            sentences.append(
+                f"Path 2, clip first: clip 10 → 5 at the text's schedule "
+                f"{_share(e['clip_at_text_schedule'], e['gap'])}"
+                f"{_noise(text5, text10) if e['clip_at_text_schedule'] is not None else ''}; "
+                f"then the code's schedule at clip 5 {_share(e['schedule_at_clip5'], e['gap'])}"
+                f"{_noise(code5, text5) if e['schedule_at_clip5'] is not None else ''}.")
+        if e["schedule_mean"] is not None:
+            sentences.append(
+                f"Averaged over both paths, the schedule explains {_share(e['schedule_mean'], e['gap'])} "
+                f"and the clip {_share(e['clip_mean'], e['gap'])}; the clip's effect differs "
+                f"between the two schedules by {e['interaction']:+.2f} (interaction).")
+        if e["residual"] is not None:
+            sentences.append(f"Left after both (the code's protocol against the paper): "
+                             f"{e['residual']:+.2f}.")
+    if missing:
+        sentences.append("Missing cells (n=0): " + "; ".join(missing) + ".")
+    if few:
+        sentences.append("Fewer than 3 seeds, so not yet evidence: " + "; ".join(few) + ".")
+    return (f"The small baseline under the four combinations of clip (5 or 10) and schedule "
+            "(the code's 5 epochs or the text's 15), mean ± std over complete seeds, each beside "
+            f"the paper's {paper}. Differences are of means; the bracket weighs each against "
+            "the seed spread by the rule of the claims section.\n\n" + markdown_table(header, body)
+            + "\n" + " ".join(sentences) + "\n")
 
 
 # ---------------------------------------------------------------------- the findings paragraph
@@ -200,19 +565,25 @@ def _compare(base: Row, other: Row, key: str) -> str:
 
 def findings(rows: list[Row]) -> str:
     """What the complete runs show, sentence by sentence, computed from the numbers."""
-    complete = {(r.size, r.norm): r for r in rows if r.complete and not r.extra}
     sentences = []
-    small = complete.get(("ptb_small", "none"))
+    paper = PAPER_NUMBERS["laurent"][("ptb_small", "none")][1]
+    small = _complete(rows, "ptb_small", DEFAULT_PROTOCOL, "none")
     if small and small.mean("valid") is not None:
-        paper = PAPER_NUMBERS["laurent"][("ptb_small", "none")][1]
         ours = small.mean("valid")
         pct = 100 * (ours - paper) / paper
         within = "within" if abs(pct) <= TARGET_PCT else "outside"
         sentences.append(f"The small baseline reaches a best valid perplexity of {ours:.1f}, "
                          f"{pct:+.1f} % from the paper's {paper} ({within} the ±{TARGET_PCT:.0f} % "
                          "target).")
+        code = _complete(rows, "ptb_small", "laurent_code", "none")
+        if code and code.mean("valid") is not None:
+            c = code.mean("valid")
+            sentences.append(f"Under the authors' code (protocol=laurent_code, n={len(code.runs)}) "
+                             f"it reaches {c:.1f} ({100 * (c - paper) / paper:+.1f} %); the "
+                             "ablation below splits the difference between clip and schedule.")
         zaremba_row = next((r for r in rows if r.complete and r.size == "ptb_small"
-                            and r.norm == "none" and r.extra == ZAREMBA_BATCH), None)
+                            and r.norm == "none" and r.protocol == DEFAULT_PROTOCOL
+                            and r.extra == ZAREMBA_BATCH), None)
         if zaremba_row and zaremba_row.mean("valid") is not None:
             z_ours, z_paper = zaremba_row.mean("valid"), PAPER_NUMBERS["zaremba"]["ptb_small"][0]
             sentences.append(
@@ -229,32 +600,44 @@ def findings(rows: list[Row]) -> str:
                 f"train numbers ({PAPER_NUMBERS['laurent'][('ptb_small', 'none')][0]} small) are far "
                 "above both and the paper does not say how they were measured, so the train "
                 "columns compare directions, not values.")
+        code_train = code.mean("train") if code else None
+        if code_train is not None:
+            sentences.append(f"Trained for the code's 5 epochs, our small baseline's best train "
+                             f"perplexity is {code_train:.1f}.")
     claims = []
-    for size in SIZES:
-        base = complete.get((size, "none"))
-        if not base or base.mean("train") is None or base.mean("valid") is None:
-            continue
-        for norm in VARIANTS[1:]:
-            other = complete.get((size, norm))
-            if not other or other.mean("train") is None or other.mean("valid") is None:
+    for protocol in PROTOCOLS:
+        for size in SIZES:
+            base = _complete(rows, size, protocol, "none")
+            if not base or base.mean("train") is None or base.mean("valid") is None:
                 continue
-            sentence = (f"{size.removeprefix('ptb_').capitalize()}: {VARIANT_NAMES[norm]} "
-                        f"{_compare(base, other, 'train')} and {_compare(base, other, 'valid')}")
-            if norm == "bn_input":
-                lower_train = other.mean("train") < base.mean("train")
-                better_valid = other.mean("valid") < base.mean("valid")
-                agrees = lower_train and not better_valid
-                sentence += (" — " + ("as the paper reports (BN fits the training set better "
-                                      "without improving validation)" if agrees else
-                                      "which is not the paper's pattern (lower train perplexity, "
-                                      "valid not better)"))
-            claims.append(sentence + ".")
+            label = size.removeprefix("ptb_").capitalize()
+            if protocol != DEFAULT_PROTOCOL:
+                label += f" ({protocol})"
+            for norm in VARIANTS[1:]:
+                other = _complete(rows, size, protocol, norm)
+                if not other or other.mean("train") is None or other.mean("valid") is None:
+                    continue
+                sentence = (f"{label}: {VARIANT_NAMES[norm]} "
+                            f"{_compare(base, other, 'train')} and {_compare(base, other, 'valid')}")
+                if norm == "bn_input":
+                    lower_train = other.mean("train") < base.mean("train")
+                    better_valid = other.mean("valid") < base.mean("valid")
+                    agrees = lower_train and not better_valid
+                    sentence += (" — " + ("as the paper reports (BN fits the training set better "
+                                          "without improving validation)" if agrees else
+                                          "which is not the paper's pattern (lower train perplexity, "
+                                          "valid not better)"))
+                claims.append(sentence + ".")
     if claims:
-        n_seeds = sorted({len(r.runs) for r in complete.values()})
+        compared = [r for r in rows if r.complete and not r.extra]
+        n_seeds = sorted({len(r.runs) for r in compared})
         sentences += claims
         if n_seeds == [1]:
             sentences.append("Each complete row is a single seed, so differences of a few "
                              "perplexity points may be seed noise.")
+        else:
+            sentences.append("Whether a difference stands out from the seed spread is decided "
+                             "in the claims section below.")
     else:
         sentences.append("No size has complete runs of the baseline and a normalized variant "
                          "yet, so no comparison is drawn; the rows above are marked by status.")
@@ -275,13 +658,24 @@ def _short_status(row: Row) -> str:
 
 
 def plot_curves(rows: list[Row], base: Path) -> list[Path]:
-    """Figure 2 analogue: per size, train (dotted) and valid (solid) perplexity per epoch, one
-    colour per variant; runs that are not complete protocol runs faint and labelled with their
-    status. Several seeds: the mean curve over the epochs all reached."""
-    sizes = sorted({r.size for r in rows}, key=lambda s: ordered(SIZES, s))
-    panels = [(f"PTB {size.removeprefix('ptb_')}", [r for r in rows if r.size == size]) for size in sizes]
-    return curves_figure(panels, ("train_ppl", "valid_ppl"), base=base,
-                         colour=lambda row: COLOURS.get(row.norm, "#7f7f7f"),
+    """Figure 2 analogue: per size and protocol, train (dotted) and valid (solid) perplexity per
+    epoch, one colour per variant (rows with extra overrides in colours of their own); runs
+    that are not complete protocol runs faint and labelled with their status. Several seeds:
+    the mean curve over the epochs all reached."""
+    keys = sorted({(r.size, r.protocol) for r in rows},
+                  key=lambda k: (ordered(SIZES, k[0]), ordered(PROTOCOLS, k[1])))
+    several = len({p for _, p in keys}) > 1
+    panels = [(f"PTB {size.removeprefix('ptb_')}" + (f", {protocol}" if several else ""),
+               [r for r in rows if (r.size, r.protocol) == (size, protocol)])
+              for size, protocol in keys]
+    extras = sorted({r.extra for r in rows if r.extra})
+
+    def colour(row: Row) -> str:
+        if row.extra:
+            return EXTRA_COLOURS[extras.index(row.extra) % len(EXTRA_COLOURS)]
+        return COLOURS.get(row.norm, "#7f7f7f")
+
+    return curves_figure(panels, ("train_ppl", "valid_ppl"), base=base, colour=colour,
                          label=lambda row: row.variant + _short_status(row),
                          ylabel="perplexity (train dotted, valid solid)",
                          log_subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
@@ -300,21 +694,54 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
                        f"{nameless}; these are not PTB word-LM runs")
     rows = group_rows(runs)
     out_dir = Path(out_dir)
+    evaluation = evaluation_table(rows)
     md = "\n".join([
         "# Penn Treebank word level: Laurent et al. Table 2, extended",
         "",
         "Best perplexity over epochs (train, valid), test perplexity at the best valid epoch; "
-        "mean ± sample std over seeds for runs that completed the protocol "
-        "(REFERENCE.md §3). Any other run has a row of its own, marked in the status column. "
-        "Δ is ours minus the paper's, for complete runs only. Laurent et al. published the baseline and input-only BN "
-        "(batch 32); Zaremba et al. the baseline (batch 20). No published word-level PTB number "
-        "exists for recurrent BN or LayerNorm.",
+        "mean ± sample std over seeds for runs that completed the protocol. Any other run has "
+        "a row of its own, marked in the status column, and is never averaged in. Δ is ours "
+        "minus the paper's, for complete runs only. Laurent et al. published the baseline and "
+        "input-only BN (batch 32); Zaremba et al. the baseline (batch 20). No published "
+        "word-level PTB number exists for recurrent BN or LayerNorm. Protocols, sources and "
+        "metric definitions: [docs/protocols.md](../docs/protocols.md).",
+        "",
+        "## Protocols",
+        "",
+        "What `experiment=ptb_<size> protocol=<name>` trains with, composed from "
+        "`configs/protocol/` by Hydra when this file is generated. Runs that predate the "
+        "protocol field ran `laurent_text`; the older Zaremba-batch runs are `laurent_text` "
+        "with `data.batch_size=20`.",
+        "",
+        protocol_table(protocol_settings()),
+        "## Table 2",
+        "",
+        "\"ppl\" is exp of the token-weighted mean NLL with BN on population statistics. "
+        "\"Authors' metric\" is the mean over batches of exp(batch-mean −log(p + 10⁻⁶)), from the "
+        "same evaluation pass; the train one is the best-valid epoch's. \"BN batch stats\" is "
+        "validation with each batch normalized by its own statistics, at the best epoch "
+        "(protocol=laurent_code only).",
         "",
         perplexity_table(rows),
+        "## Evaluation: which number is the paper's",
+        "",
+        "The paper's numbers are comparable to the authors' metric, over 32 streams, with BN on "
+        "the batch's own statistics: that is how the authors' code validated (its nested BN "
+        "layers stay in training mode). The column \"as the authors' code measured\" is that "
+        "number (batch statistics for BN rows, the model as it is otherwise). Population "
+        "statistics and ppl are the correct measurement and the one every other column uses.",
+        "",
+        evaluation or "No complete run has the authors' metric yet.\n",
         "## What our numbers show",
         "",
         findings(rows),
         "",
+        "## Small baseline: how much of the gap clip and schedule explain",
+        "",
+        ablation_section(rows),
+        "## The paper's claims, weighed against the seed spread",
+        "",
+        claims_section(rows),
         "## Runs",
         "",
         runs_table(rows),
