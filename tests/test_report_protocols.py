@@ -203,7 +203,8 @@ def test_ablation_section_from_runs_names_missing_and_thin_cells(tmp_path):
     assert "the code's schedule at clip 10 +2.60 (59 % of the gap) [not yet evidence (n=3, 1)]" in text
     assert "then clip 10 → 5 at the code's schedule +1.50 (34 % of the gap) " \
            "[beyond the seed spread: 2σ = 1.29]" in text
-    assert "Left after both (the code's protocol against the paper): +0.30." in text
+    assert "Left after both (the code's protocol against the paper): +0.30; measured with the " \
+           "authors' metric, as the paper's number was, +1.30." in text
     assert "Missing cells (n=0): laurent_text + trainer.clip_grad_norm=5." in text
     assert "Fewer than 3 seeds, so not yet evidence: laurent_text (n=1)." in text
     assert "Path 2" not in text  # its first cell is missing
