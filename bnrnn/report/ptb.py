@@ -230,11 +230,14 @@ def evaluation_table(rows: list[Row]) -> str:
         if not row.complete or not row.values("valid_bm"):
             continue
         laurent, _ = _paper(row)
+        # only the code's protocol evaluates as the code did (32 streams, batch statistics)
+        like_code = row.protocol == "laurent_code"
         body.append([row.size.removeprefix("ptb_"), row.protocol, row.variant, _seeds(row),
                      row.cell("valid"), row.cell("valid_bm"), row.cell("valid_bs"),
-                     row.cell("valid_bs_bm"), row.cell("valid_as_paper"),
+                     row.cell("valid_bs_bm"), row.cell("valid_as_paper") if like_code else DASH,
                      f"{laurent[1]}" if laurent else DASH,
-                     _diff(row.mean("valid_as_paper"), laurent[1]) if laurent else DASH])
+                     _diff(row.mean("valid_as_paper"), laurent[1])
+                     if laurent and like_code else DASH])
     return markdown_table(header, body) if body else ""
 
 
@@ -277,7 +280,8 @@ def csv_rows(rows: list[Row]) -> list[dict]:
         for name, ours, paper in (("diff_train_vs_laurent", row.mean("train"), laurent and laurent[0]),
                                   ("diff_valid_vs_laurent", row.mean("valid"), laurent and laurent[1]),
                                   ("diff_valid_as_paper_vs_laurent", row.mean("valid_as_paper"),
-                                   laurent and laurent[1]),
+                                   laurent[1] if laurent and row.protocol == "laurent_code"
+                                   else None),
                                   ("diff_valid_vs_zaremba", row.mean("valid"), zaremba and zaremba[0]),
                                   ("diff_test_vs_zaremba", row.mean("test"), zaremba and zaremba[1])):
             comparable = row.complete and ours is not None and paper is not None
