@@ -82,9 +82,9 @@ def test_char_lstm_cooijmans_settings():
 
 @pytest.mark.parametrize("experiment,norm,key", [("grid_char_rnn", "bn_sum", "valid_ce"),
                                                  ("cooijmans_char_ptb", "bn_recurrent", "valid_bpc")])
-def test_experiment_trains_a_few_batches(shared_data, tmp_path, experiment, norm, key):
+def test_experiment_trains_a_few_batches(ptb_char_root, tmp_path, experiment, norm, key):
     objective, final, rows = train([
-        f"experiment={experiment}", f"data.root={shared_data / 'ptb_char'}", f"model.norm={norm}",
+        f"experiment={experiment}", f"data.root={ptb_char_root}", f"model.norm={norm}",
         "model.hidden_size=16", "data.limit_batches=3", "data.seq_len=20", "data.batch_size=8",
         "data.eval_batch_size=64", "trainer.max_epochs=2", "quiet=true", "device=cpu"], tmp_path)
     assert final["status"] == "completed" and final["selection"] == key and final["shortened"]

@@ -1,15 +1,13 @@
-"""Character-level PTB: symbol counts on the real files, sequence cutting, shuffling, errors."""
+"""Character-level PTB: symbol counts, sequence cutting, shuffling, errors (on the fixture;
+the full corpus's counts with BNRNN_DATA)."""
 import pytest
 import torch
 
-from bnrnn.data.download import DataError, md5sum
+from bnrnn.data.download import SUBSET_MANIFEST, DataError, md5sum
 from bnrnn.data.ptb_char import (EOL, PTB_CHAR_FILES, PTBCharCorpus, PTBCharData, cut_sequences,
                                  epoch_permutation)
 
-
-@pytest.fixture(scope="session")
-def ptb_char_root(shared_data):
-    return shared_data / "ptb_char"
+SPLITS = ("train", "valid", "test")
 
 
 @pytest.fixture(scope="module")
@@ -17,21 +15,37 @@ def corpus(ptb_char_root):
     return PTBCharCorpus(root=str(ptb_char_root))
 
 
-def test_symbol_counts_and_classes(corpus):
-    assert {s: corpus[s].numel() for s in ("train", "valid", "test")} == {
-        "train": 5_017_482, "valid": 393_042, "test": 442_423}
+def test_symbol_counts_and_classes(corpus, ptb_char_root):
+    """Every space-separated symbol of a line, then one end-of-line per line; the file's final
+    " " after the last newline is no line. The fixture holds all 49 symbols + end-of-line."""
+    text = {s: (ptb_char_root / PTB_CHAR_FILES[s].name).read_text(encoding="utf-8") for s in SPLITS}
+    lines = {s: text[s].split("\n")[:-1] for s in SPLITS}
+    assert all(text[s].endswith("\n ") for s in SPLITS)  # Mikolov's layout
+    assert {s: corpus[s].numel() for s in SPLITS} == {
+        s: sum(len(line.split()) + 1 for line in lines[s]) for s in SPLITS}
     assert corpus.vocab_size == 50 and corpus.itos[0] == EOL
-    # one end-of-line per line: 42,068 / 3,370 / 3,761 lines
-    assert [(corpus[s] == 0).sum().item() for s in ("train", "valid", "test")] == [42_068, 3_370, 3_761]
-    assert [len(corpus[s].unique()) for s in ("train", "valid", "test")] == [50, 50, 48]
+    assert [(corpus[s] == 0).sum().item() for s in SPLITS] == [len(lines[s]) for s in SPLITS]
+    assert len(corpus["train"].unique()) == 50
     first = "".join(corpus.itos[i] for i in corpus["valid"][:9])
     assert first == "consumers"
     assert {"_", "<", ">", "N", "$"} <= set(corpus.itos)
 
 
-def test_md5s_are_the_shared_copies(ptb_char_root):
-    for f in PTB_CHAR_FILES.values():
-        assert md5sum(ptb_char_root / f.name) == f.md5
+@pytest.mark.full_data
+def test_full_corpus_symbol_counts_and_md5s(full_data):
+    root = full_data / "ptb_char"
+    for f in PTB_CHAR_FILES.values():  # the MD5s the loader holds are those of the full files
+        assert md5sum(root / f.name) == f.md5
+    corpus = PTBCharCorpus(root=str(root))
+    assert {s: corpus[s].numel() for s in SPLITS} == {
+        "train": 5_017_482, "valid": 393_042, "test": 442_423}
+    assert corpus.vocab_size == 50 and corpus.itos[0] == EOL
+    # one end-of-line per line: 42,068 / 3,370 / 3,761 lines
+    assert [(corpus[s] == 0).sum().item() for s in SPLITS] == [42_068, 3_370, 3_761]
+    assert [len(corpus[s].unique()) for s in SPLITS] == [50, 50, 48]
+    data = PTBCharData(root=str(root), seq_len=100, batch_size=64, eval_batch_size=128, seed=3)
+    assert data.num_batches("train") == (5_017_481 // 100) // 64 == 783  # last partial batch dropped
+    assert data.num_batches("valid") == -(-(393_041 // 100) // 128) == 31  # every sequence kept
 
 
 def test_cut_sequences_targets_are_inputs_shifted():
@@ -50,11 +64,13 @@ def test_shuffle_depends_on_seed_and_epoch_only():
     assert not torch.equal(a, epoch_permutation(1000, 8, 3))
 
 
-def test_char_data_batches(ptb_char_root):
+def test_char_data_batches(ptb_char_root, corpus):
     data = PTBCharData(root=str(ptb_char_root), seq_len=100, batch_size=64, eval_batch_size=128, seed=3)
     assert data.stateful is False and data.dims == {"vocab_size": 50}
-    assert data.num_batches("train") == (5_017_481 // 100) // 64 == 783  # last partial batch dropped
-    assert data.num_batches("valid") == -(-(393_041 // 100) // 128) == 31  # every sequence kept
+    n_train, n_valid = corpus["train"].numel(), corpus["valid"].numel()
+    assert data.num_batches("train") == ((n_train - 1) // 100) // 64 >= 2  # last partial batch dropped
+    sequences = (n_valid - 1) // 100
+    assert sequences % 128 and data.num_batches("valid") == -(-sequences // 128) >= 2  # all kept
     x, y = next(iter(data.batches("train", epoch=1)))
     assert x.shape == y.shape == (100, 64) and x.dtype == torch.long
     assert torch.equal(x[1:], y[:-1])  # time-major, target = input shifted by one
@@ -62,29 +78,33 @@ def test_char_data_batches(ptb_char_root):
     again = next(iter(data.batches("train", epoch=1)))[0]
     other = next(iter(data.batches("train", epoch=2)))[0]
     assert torch.equal(x, again) and not torch.equal(x, other)
-    # evaluation covers the whole split in stream order
+    # evaluation covers the whole split in stream order, the last batch partial
     valid = list(data.batches("valid"))
-    assert sum(b[0].shape[1] for b in valid) == 3930 and valid[-1][0].shape == (100, 3930 - 30 * 128)
+    last = sequences - (len(valid) - 1) * 128
+    assert sum(b[0].shape[1] for b in valid) == sequences and valid[-1][0].shape == (100, last)
     assert torch.equal(valid[0][0][:, 0], data.corpus["valid"][:100])
-    limited = PTBCharData(root=str(ptb_char_root), batch_size=32, limit_batches=3)
-    assert [len(list(limited.batches(s, 1))) for s in ("train", "valid", "test")] == [3, 3, 3]
+    assert torch.equal(torch.cat([b[0].t() for b in valid]).flatten(),
+                       corpus["valid"][: sequences * 100])
+    limited = PTBCharData(root=str(ptb_char_root), batch_size=32, eval_batch_size=32, limit_batches=3)
+    assert [len(list(limited.batches(s, 1))) for s in SPLITS] == [3, 3, 3]
 
 
 def test_missing_file_names_file_and_fix(tmp_path, ptb_char_root):
-    (tmp_path / "ptb.char.valid.txt").write_bytes((ptb_char_root / "ptb.char.valid.txt").read_bytes())
+    for name in ("ptb.char.valid.txt", SUBSET_MANIFEST):
+        (tmp_path / name).write_bytes((ptb_char_root / name).read_bytes())
     with pytest.raises(DataError, match=r"missing dataset file .*ptb\.char\.train\.txt.*data\.root"):
         PTBCharCorpus(root=str(tmp_path))
 
 
 def test_corrupt_file_names_both_sums(tmp_path, ptb_char_root):
-    for f in PTB_CHAR_FILES.values():
-        (tmp_path / f.name).symlink_to(ptb_char_root / f.name)
+    for name in [f.name for f in PTB_CHAR_FILES.values()] + [SUBSET_MANIFEST]:
+        (tmp_path / name).symlink_to(ptb_char_root / name)
     (tmp_path / "ptb.char.test.txt").unlink()
     (tmp_path / "ptb.char.test.txt").write_text(" a b \n")
     with pytest.raises(DataError) as e:
         PTBCharCorpus(root=str(tmp_path))
     msg = str(e.value)
-    assert "ptb.char.test.txt" in msg and PTB_CHAR_FILES["test"].md5 in msg
+    assert "ptb.char.test.txt" in msg and md5sum(ptb_char_root / "ptb.char.test.txt") in msg
     assert md5sum(tmp_path / "ptb.char.test.txt") in msg and "data.root" in msg
 
 

@@ -36,8 +36,8 @@ def test_search_space_is_the_papers():
     assert cfg.trainer.max_epochs == 20 and cfg.optim._target_ == "torch.optim.SGD"
 
 
-def test_sweep_both_norms_then_table(shared_data, tmp_path):
-    root = shared_data / "ptb_char"
+def test_sweep_both_norms_then_table(ptb_char_root, tmp_path):
+    root = ptb_char_root
     runs = tmp_path / "runs"
     base = sweep(root, "none", runs / "none", "hydra.sweeper.n_trials=3")
     bn = sweep(root, "bn_sum", runs / "bn_sum", "hydra.sweeper.n_trials=3")

@@ -9,9 +9,9 @@ from bnrnn.data.speech.features import FEATURE_DIM, STATIC_DIM, add_deltas, fban
 UTTERANCES = {"2911-12359-0007": 508, "4051-11218-0044": 1119}  # label counts of the fixture
 
 
-def flac(shared_data, uid):
+def flac(sample, uid):
     spk, chapter, _ = uid.split("-")
-    wav, sr = sf.read(shared_data / "librispeech_sample" / "test_db" / spk / chapter / f"{uid}.flac",
+    wav, sr = sf.read(sample / "test_db" / spk / chapter / f"{uid}.flac",
                       dtype="int16")
     return wav.astype(np.float32), sr
 
@@ -25,18 +25,18 @@ def test_kaldi_frame_count(n, frames):
 
 
 @pytest.mark.parametrize("uid", sorted(UTTERANCES))
-def test_fixture_frames_match_label_counts(shared_data, uid):
-    wav, sr = flac(shared_data, uid)
+def test_fixture_frames_match_label_counts(librispeech_sample, uid):
+    wav, sr = flac(librispeech_sample, uid)
     assert fbank(wav, sr).shape == (UTTERANCES[uid], STATIC_DIM)
 
 
 @pytest.mark.filterwarnings("ignore:.*snip_edges:UserWarning", "ignore::DeprecationWarning")
-def test_fbank_equals_lhotse_kaldi_implementation(shared_data):
+def test_fbank_equals_lhotse_kaldi_implementation(librispeech_sample):
     """kaldi-native-fbank (C++) against lhotse's torch port of Kaldi's compute-fbank-feats."""
     pytest.importorskip("lhotse")
     from lhotse.features.kaldi.extractors import Fbank, FbankConfig
 
-    wav, sr = flac(shared_data, "2911-12359-0007")
+    wav, sr = flac(librispeech_sample, "2911-12359-0007")
     ours = fbank(wav, sr)
     config = FbankConfig(num_filters=40, use_energy=True, dither=0.0, snip_edges=True,
                          high_freq=0.0, energy_floor=0.0)  # Kaldi's defaults

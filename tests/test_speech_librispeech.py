@@ -1,5 +1,5 @@
 """LibriSpeech + CPC labels through the real path, on the 2-utterance fixture
-(../shared/data/librispeech_sample): checksums, features cache, frames = labels, clear errors."""
+(tests/fixtures/librispeech_sample): checksums, features cache, frames = labels, clear errors."""
 import shutil
 
 import numpy as np
@@ -16,8 +16,8 @@ TRAIN, TEST = "2911-12359-0007", "4051-11218-0044"
 
 
 @pytest.fixture(scope="module")
-def sample(shared_data):
-    return shared_data / "librispeech_sample"
+def sample(librispeech_sample):
+    return librispeech_sample
 
 
 def make_root(path, sample, train=(TRAIN,), test=(TEST,)):

@@ -8,12 +8,18 @@ Every dataset module describes its files as :class:`RemoteFile` (name, URL, MD5)
 3. verifies the MD5 in both cases, and
 4. raises :class:`DataError` with the file, the expected and actual checksum and the fix.
 
+A local copy that is deliberately not the canonical file — a few hundred lines of a corpus,
+like the test fixtures in ``tests/fixtures/`` — says so with a ``SUBSET.md5`` file beside it
+(``md5sum`` format); the files it lists are verified against it instead, with a warning, so a
+subset is never mistaken for the full corpus and never read unverified.
+
 Downloads go to a temporary file that is renamed only after the checksum matched, so an
 interrupted download never leaves a half-written file behind.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +28,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+log = logging.getLogger("bnrnn")
+SUBSET_MANIFEST = "SUBSET.md5"
 
 
 class DataError(RuntimeError):
@@ -87,6 +96,18 @@ def download(url: str, dest: Path, md5: str | None = None, *, hint: str, timeout
     return dest
 
 
+def subset_md5(root: Path, name: str) -> str | None:
+    """The MD5 that ``root/SUBSET.md5`` lists for ``name``, or None (no manifest, or not listed)."""
+    manifest = root / SUBSET_MANIFEST
+    if not manifest.is_file():
+        return None
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == name:
+            return parts[0].lower()
+    return None
+
+
 def fetch(
     file: RemoteFile,
     *,
@@ -98,7 +119,7 @@ def fetch(
     """Return a verified local path for ``file`` (see the module docstring for the order)."""
     hint = (
         f"Point {root_key} at a directory holding a verified copy of {file.name} "
-        f"(e.g. {root_key}=../shared/data/<dataset>), or delete the file to download it again."
+        f"(e.g. {root_key}=/path/to/<dataset>), or delete the file to download it again."
     )
     if root is not None:
         path = Path(root).expanduser() / file.name
@@ -107,6 +128,12 @@ def fetch(
                 f"missing dataset file {path} ({root_key}={root}). Put {file.name} there "
                 f"(md5 {file.md5}), or unset {root_key} to download it from {file.url}."
             )
+        md5 = subset_md5(path.parent, file.name)
+        if md5 is not None and md5 != file.md5:
+            log.warning("%s is a subset, not the canonical file (md5 %s): verified against %s. "
+                        "Results from it are not comparable with the paper's.", path, file.md5,
+                        path.parent / SUBSET_MANIFEST)
+            return verify(path, md5, hint=hint)
         return verify(path, file.md5, hint=hint)
     path = Path(cache_dir).expanduser() / file.name
     if path.is_file():

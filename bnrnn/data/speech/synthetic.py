@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnrnn.data.download import fetch
+from bnrnn.data.download import fetch, md5sum
 from bnrnn.data.ptb import PTB_FILES
 from bnrnn.data.speech import espeak
 from bnrnn.data.speech.batching import SpeechData
@@ -100,8 +100,9 @@ class SyntheticSpeechData(SpeechData):
     """The eSpeak corpus for the trainer (batches as in :class:`SpeechData`).
 
     Args:
-        root: directory with PTB's ``ptb.{train,valid,test}.txt`` (e.g. ../shared/data/ptb);
-            None downloads them into ``text_cache_dir`` (MD5-checked, ``bnrnn.data.ptb``).
+        root: directory with PTB's ``ptb.{train,valid,test}.txt`` (a local copy, or a subset
+            with its ``SUBSET.md5``, see :mod:`bnrnn.data.download`); None downloads them into
+            ``text_cache_dir`` (MD5-checked, ``bnrnn.data.ptb``).
         cache_dir: where the generated corpus goes (``data.cache_dir``).
         utterances: utterances per split, e.g. ``{"train": 2000, "dev": 200, "test": 200}``.
         shard_size: utterances per shard (one worker process each).
@@ -142,7 +143,8 @@ class SyntheticSpeechData(SpeechData):
         for split in utterances:
             file = PTB_FILES[TEXT_SPLITS[split]]
             path = fetch(file, root=root, cache_dir=text_cache_dir, download_ok=download)
-            texts[split] = (file.md5, path.read_text(encoding="utf-8").splitlines())
+            # the file's own MD5 (= file.md5 for the canonical text, another for a subset) keys the cache
+            texts[split] = (md5sum(path), path.read_text(encoding="utf-8").splitlines())
 
         config = {
             "corpus": "synthetic_speech",
