@@ -1,6 +1,7 @@
 # bnrnn — the commands the README promises. `make help` lists them.
 PYTHON ?= python3
-SHARED ?= ../shared/data
+# A folder of local dataset copies (ptb/, ptb_char/, ...); empty: the trainer downloads and verifies.
+DATA ?=
 # A CPU machine gets the CPU wheel of torch; a machine that already has torch (a CUDA image)
 # keeps it. Later installs only see the `torch>=2.4` floor, so nothing reinstalls it.
 TORCH_CPU ?= torch==2.13.0
@@ -30,8 +31,9 @@ bench: ## time every NormLSTM variant against cuDNN/native nn.LSTM -> results/be
 tables: ## regenerate results/*.md, *.csv and figures from results/runs
 	$(PYTHON) scripts/make_tables.py
 
-# A local copy of a dataset when ../shared/data has one; otherwise the trainer downloads it.
-data_root = $(if $(wildcard $(SHARED)/$(1)),data.root=$(SHARED)/$(1),)
+# data.root=$(DATA)/<dataset> when DATA is set (make reproduce-ptb DATA=/path/to/data); a
+# missing dataset folder there is then an error, never a silent download.
+data_root = $(if $(DATA),data.root=$(abspath $(DATA))/$(1),)
 
 # ---------------------------------------------------------------- Penn Treebank, Table 2
 # One sweep directory per `make` invocation (nanoseconds), so the collect step takes exactly it.
@@ -39,12 +41,12 @@ PTB_SWEEP := multirun/reproduce_ptb/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
 PTB_SWEEP_ARGS = -m +sweep=ptb seed=$(shell seq -s, 1 $(SEEDS)) device=$(DEVICE) quiet=true \
                  hydra.sweep.dir=$(PTB_SWEEP) $(call data_root,ptb) $(ARGS)
 
-reproduce-ptb-small: ## Table 2, small row: 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides)
+reproduce-ptb-small: ## Table 2, small row: 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides; DATA: local copies)
 	$(PYTHON) -m bnrnn.train $(PTB_SWEEP_ARGS) experiment=ptb_small
 	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb --replace
 	$(MAKE) tables
 
-reproduce-ptb: ## Table 2: {small, medium, large} x 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides)
+reproduce-ptb: ## Table 2: {small, medium, large} x 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides; DATA: local copies)
 	$(PYTHON) -m bnrnn.train $(PTB_SWEEP_ARGS)
 	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb --replace
 	$(MAKE) tables

@@ -1,7 +1,7 @@
 """Penn Treebank, word level (Mikolov's split, 10k vocabulary) and the Zaremba batching.
 
 Token counts with one ``<eos>`` per line: 929,589 / 73,760 / 82,430 (train / valid / test),
-vocabulary 10,000 (``../shared/REFERENCE.md`` §3). The files are the canonical ones that
+vocabulary 10,000 (``docs/reference.md`` §3). The files are the canonical ones that
 torchtext and Chainer download (MD5s below).
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The files hold one sentence per line, every character separated by a space and ``_`` for the
 word boundary. A symbol is a space-separated character; each line adds one end-of-line symbol:
 5,017,482 / 393,042 / 442,423 symbols (train / valid / test), 49 characters + end-of-line = 50
-classes (``../shared/REFERENCE.md`` §4). The split is the one Laurent et al. (appendix A) and
+classes (``docs/reference.md`` §4). The split is the one Laurent et al. (appendix A) and
 Cooijmans et al. (§5.2) use.
 
 Batching (Laurent et al.: "predict the next characters of a fixed length sequence of 100
@@ -24,7 +24,9 @@ import torch
 from bnrnn.data.download import RemoteFile, fetch
 
 # The only public copies of the three files (Mikolov's simple-examples, committed verbatim);
-# no loader records a checksum for them, so the MD5s are those of ../shared/data/MD5SUMS.
+# no loader records a checksum for them, so the MD5s are those of copies whose git blob ids
+# equal the files' ids in those repositories' trees (the same bytes); the full_data test in
+# tests/test_data_ptb_char.py checks them against a local copy.
 _URL = ("https://raw.githubusercontent.com/townie/PTB-dataset-from-Tomas-Mikolov-s-webpage/"
         "master/data/")
 PTB_CHAR_FILES = {

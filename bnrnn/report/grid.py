@@ -39,7 +39,7 @@ PAPER = {
     "bn_sum": {"train_ce": 1.07, "valid_ce": 1.11, "lr": 3.71e-4, "momentum": 0.995, "batch_size": 128},
 }
 PAPER_FIGURE3 = {"lr": 7.8e-4, "momentum": 0.5, "batch_size": 64}  # "typical training curves"
-# The protocol (../shared/REFERENCE.md §4): anything below it is a reduced run.
+# The protocol (docs/reference.md §4): anything below it is a reduced run.
 PROTOCOL = {"trials": 52, "epochs": 20, "seq_len": 100, "embedding_size": 250, "hidden_size": 250,
             "num_layers": 3}
 

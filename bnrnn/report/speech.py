@@ -27,7 +27,7 @@ from bnrnn.report.rows import Row as TableRow, group_rows as group_runs
 from bnrnn.report.runs import Run, RunError, load_runs, mean_curve
 
 # Laurent et al. 2016, "Batch Normalized Recurrent Neural Networks", Table 1 (WSJ si284 /
-# dev93, 3546 tied triphone states; ../shared/REFERENCE.md §5): best (FCE, FER) on train and dev.
+# dev93, 3546 tied triphone states; docs/reference.md §5): best (FCE, FER) on train and dev.
 PAPER_TABLE1 = {
     "none": {"train": (0.95, 0.28), "dev": (1.11, 0.33)},
     "bn_input": {"train": (0.73, 0.22), "dev": (1.19, 0.34)},
@@ -223,7 +223,7 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         "",
         *corpora,
         f"- Paper columns: {PAPER_SOURCE}. That corpus and label set differ from ours (WSJ is "
-        "LDC-licensed, REFERENCE.md §5), so compare the baseline-vs-BN pattern, not the values.",
+        "LDC-licensed, docs/reference.md §5), so compare the baseline-vs-BN pattern, not the values.",
         "",
         table1(rows),
         "## Findings",

@@ -3,8 +3,8 @@
 eSpeak NG reports, in ``AUDIO_OUTPUT_SYNCHRONOUS`` mode with ``espeakINITIALIZE_PHONEME_EVENTS``,
 an ``espeakEVENT_PHONEME`` event for every phoneme it speaks, with the phoneme's mnemonic and
 its start in the audio (``audio_position``, ms). Consecutive starts tile the waveform, which
-gives a frame-level phoneme alignment with no aligner in the loop (REFERENCE §5; adapted from
-``../shared/prototypes/espeak_align.py``).
+gives a frame-level phoneme alignment with no aligner in the loop (``docs/reference.md`` §5; the
+calls are those of espeak-ng's public C header ``speak_lib.h``).
 
 Facts that shape the code (measured with Debian's espeak-ng 1.51):
 - the library keeps global state: one :class:`ESpeak` per process, processes (not threads)

@@ -2,7 +2,7 @@
 
 Framing is Kaldi's default (25 ms window, 10 ms shift, ``snip_edges``), so an utterance of
 ``n`` samples at 16 kHz has ``T = (n - 400) // 160 + 1`` frames and frame ``t`` covers samples
-``[160 t, 160 t + 400)``: the framing of the CPC LibriSpeech phone labels (REFERENCE §5).
+``[160 t, 160 t + 400)``: the framing of the CPC LibriSpeech phone labels (``docs/reference.md`` §5).
 
 The DSP is kaldi-native-fbank's (the C++ port of Kaldi's ``compute-fbank-feats`` and
 ``add-deltas``); ``tests/test_speech_features.py`` holds it against lhotse's independent torch

@@ -1,4 +1,4 @@
-"""LibriSpeech train-clean-100 with the CPC frame-level phone labels (REFERENCE §5).
+"""LibriSpeech train-clean-100 with the CPC frame-level phone labels (``docs/reference.md`` §5).
 
 The public stand-in for Laurent et al.'s WSJ alignments: 41 phone classes (0 = silence), one
 label per 10 ms Kaldi frame, the CPC train/test utterance lists (22,829 / 5,707 utterances of
@@ -11,8 +11,8 @@ Files and their checksums:
   downloaded with lhotse's resumable downloader, verified, then unpacked with lhotse's
   ``safe_extract``; or a local copy in the LibriSpeech layout ``<spk>/<chapter>/<utt>.flac``
   (``data.audio_dir``, or ``<data.root>/LibriSpeech/train-clean-100``);
-- ``train_split.txt``, ``test_split.txt``: the CPC lists, MD5-checked (values of
-  ../shared/data/MD5SUMS), from s3prl at a pinned commit or from ``data.root``;
+- ``train_split.txt``, ``test_split.txt``: the CPC lists, MD5-checked (the MD5s of
+  the copies at that commit), from s3prl at a pinned commit or from ``data.root``;
 - ``converted_aligned_phones.txt``: no MD5 of it is published. What *is* published is its git
   blob id in s3prl's tree at the same pinned commit, ``d66ab549…`` = SHA-1 of
   ``"blob <size>\\0" + content`` (``git hash-object``); bnrnn downloads the file from that

@@ -1,6 +1,6 @@
 """An offline framewise-alignment corpus: PTB sentences spoken by libespeak-ng.
 
-The stand-in for LibriSpeech + CPC labels where nothing can be downloaded (REFERENCE §5).
+The stand-in for LibriSpeech + CPC labels where nothing can be downloaded (``docs/reference.md`` §5).
 Train, dev and test sentences come from the PTB train, valid and test text (so no sentence
 is shared between splits); each utterance gets a voice, a variant, a rate and a pitch drawn
 from a generator seeded by ``(seed, split)``. eSpeak's phoneme events give the exact phoneme
