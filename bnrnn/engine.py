@@ -241,7 +241,8 @@ class Trainer:
         """Train to ``max_epochs`` (or the end of a resumed run); returns ``final.json``."""
         status, error = "completed", None
         self.signum = None
-        previous = {sig: signal.signal(sig, _raise_interrupted)
+        self._writing, self._pending = False, None
+        previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while self.epoch < self.cfg.max_epochs:
@@ -292,18 +293,30 @@ class Trainer:
             self.scheduler.step()
         self.elapsed += time.perf_counter() - t0
         row |= {"epoch_time": time.perf_counter() - t0, "wall_time": self.elapsed}
-        self.history.append(row)
-        key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
-        if self.best is None or row[key] < self.best[key]:
-            self.best = row
-            checkpoint.save(self.ckpt_dir / "best.pt", {"model": self.model.state_dict(),
-                                                       "epoch": self.epoch})
-        # Order matters for resume: metrics first, then the checkpoint that covers them.
-        write_jsonl(self.run_dir / "metrics.jsonl", self.history)
-        checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
-        self._final("running", None, None)
-        if self.logger:
-            self.logger.log(row, step=self.step)
+        self._writing = True  # a signal now waits until the epoch's records are all written
+        try:
+            self.history.append(row)
+            key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
+            if self.best is None or row[key] < self.best[key]:
+                self.best = row
+                checkpoint.save(self.ckpt_dir / "best.pt", {"model": self.model.state_dict(),
+                                                           "epoch": self.epoch})
+            # Order matters for resume: metrics first, then the checkpoint that covers them.
+            write_jsonl(self.run_dir / "metrics.jsonl", self.history)
+            checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
+            self._final("running", None, None)
+            if self.logger:
+                self.logger.log(row, step=self.step)
+        finally:
+            self._writing = False
+        if self._pending is not None:
+            raise Interrupted(f"received {signal.Signals(self._pending).name}", self._pending)
+
+    def _on_signal(self, signum, frame):
+        if self._writing:
+            self._pending = signum
+            return
+        raise Interrupted(f"received {signal.Signals(signum).name}", signum)
 
     def _test_at_best(self) -> dict[str, float]:
         best = checkpoint.load(self.ckpt_dir / "best.pt", self.device)
@@ -346,10 +359,6 @@ def _non_finite(best: dict | None, test: dict | None) -> list[str]:
     rows = [("", best or {}), ("test_", test or {})]
     return [f"{p}{k}" for p, row in rows for k, v in row.items()
             if isinstance(v, float) and not math.isfinite(v)]
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(f"received {signal.Signals(signum).name}", signum)
 
 
 class _NoBar:

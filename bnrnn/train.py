@@ -113,6 +113,8 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
         log.info("%s: %d parameters on %s, run dir %s", cfg.name,
                  sum(p.numel() for p in model.parameters()), device, run_dir)
         final = trainer.fit()
+    except ConfigError:
+        raise  # a refusal before any step, not a failed run: nothing to record
     except Exception as e:
         log.exception("%s failed in %s", cfg.name, run_dir)  # the traceback goes to train.log
         _record_failure(run_dir, trainer, info, e)

@@ -1,0 +1,271 @@
+"""Faults and misuse of a run: it must end with an honest status, never lose or overwrite a run,
+and refuse what it cannot do before doing any work."""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnrnn import checkpoint, engine, io
+from bnrnn.checkpoint import CheckpointError
+from bnrnn.models.lm import WordLM
+from bnrnn.rundir import RunDirError, RunLock, config_changes
+from tests.helpers import REPO, cli, strip_times, train
+
+TINY = ["experiment=ptb_small", "model.hidden_size=16", "data.limit_batches=4", "data.bptt=5",
+        "data.batch_size=4", "quiet=true", "device=cpu", "trainer.check_every=1"]
+
+
+@pytest.fixture
+def tiny(ptb_root):
+    return [*TINY, f"data.root={ptb_root}"]
+
+
+def _final(run_dir: Path) -> dict:
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+# ---------------------------------------------------------------- honest status
+def test_huge_learning_rate_ends_diverged_not_completed(tiny, tmp_path):
+    # lr 1e6 keeps the loss finite but far above a uniform guess's ln|V|
+    objective, final, rows = train([*tiny, "optim.lr=1e6", "trainer.max_epochs=2"], tmp_path)
+    assert final["status"] == "diverged" and "uniform prediction" in final["error"]
+    assert objective == math.inf and final["test"] is None
+
+
+def test_a_healthy_run_is_never_called_diverged(tiny, tmp_path):
+    _, final, rows = train([*tiny, "trainer.max_epochs=2"], tmp_path)
+    assert final["status"] == "completed"
+    assert all(r["train_loss"] < math.log(10000) + 1 for r in rows)
+
+
+def test_non_finite_final_metric_is_never_complete(tiny, tmp_path, monkeypatch):
+    metrics = WordLM.metrics
+
+    def nan_when_evaluating(totals):
+        out = metrics(totals)
+        return out | {"ppl": math.nan} if totals["count"] < 400 else out  # eval passes are short
+
+    monkeypatch.setattr(WordLM, "metrics", staticmethod(nan_when_evaluating))
+    _, final, _ = train([*tiny, "trainer.max_epochs=1", "data.eval_batch_size=2"], tmp_path)
+    assert final["status"] == "diverged" and "non-finite final metrics" in final["error"]
+
+
+def test_full_disk_is_a_failure_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    save = checkpoint.save
+    calls = {"n": 0}
+
+    def save_then_disk_full(path, state):
+        calls["n"] += 1
+        if Path(path).name == "last.pt" and state["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        save(path, state)
+
+    monkeypatch.setattr(engine.checkpoint, "save", save_then_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train([*tiny, "trainer.max_epochs=3"], tmp_path)
+    final = _final(tmp_path)
+    assert final["status"] == "failed" and "No space left" in final["error"]
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
+    assert not list(tmp_path.rglob("*.tmp"))  # no half-written file left behind
+
+
+def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "final.json"
+    io.write_json(target, {"status": "completed"})
+
+    def fail(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError):
+        io.write_json(target, {"status": "running"})
+    assert json.loads(target.read_text()) == {"status": "completed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["final.json"]
+
+
+def test_written_files_are_world_readable(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io.write_text(tmp_path / "a.md", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.md").stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------- no run lost
+def test_a_finished_run_is_never_overwritten(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    train([*tiny, "trainer.max_epochs=1"], run_dir)
+    before = _snapshot(run_dir)
+    with pytest.raises(RunDirError, match="already holds a run .*resume=true"):
+        train([*tiny, "trainer.max_epochs=1", "optim.lr=0.5"], run_dir)
+    assert _snapshot(run_dir) == before
+
+
+def test_the_cli_refusal_is_one_line_and_touches_nothing(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    train([*tiny, "trainer.max_epochs=1"], run_dir)
+    before = _snapshot(run_dir)
+    p = cli([*tiny, "trainer.max_epochs=1", "optim.lr=0.5", f"hydra.run.dir={run_dir}"])
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "already holds a run" in p.stderr
+    after = _snapshot(run_dir)
+    assert after.pop("train.log", b"") == b""  # Hydra's log file, opened for appending
+    assert after == before  # .hydra/ included: the record of the finished run is intact
+
+
+def test_two_processes_cannot_share_a_run_directory(tiny, tmp_path):
+    lock = RunLock(tmp_path)  # another "process" holds the directory
+    try:
+        with pytest.raises(RunDirError, match=f"in use by another training process \\(pid {os.getpid()}\\)"):
+            train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    finally:
+        lock.release()
+    assert not (tmp_path / "final.json").exists()
+    train([*tiny, "trainer.max_epochs=1"], tmp_path)  # free again once released
+
+
+def test_resume_refuses_a_changed_config_and_names_the_difference(tiny, tmp_path):
+    train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    with pytest.raises(RunDirError, match=r"optim\.lr: 1\.0 -> 0\.5"):
+        train([*tiny, "trainer.max_epochs=2", "optim.lr=0.5", "resume=true"], tmp_path)
+    _, final, rows = train([*tiny, "trainer.max_epochs=2", "resume=true"], tmp_path)  # allowed
+    assert final["status"] == "completed" and [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_config_changes_lists_every_difference_but_the_allowed_ones():
+    saved = {"optim": {"lr": 1.0}, "trainer": {"max_epochs": 2, "clip_grad_norm": 5}, "data": {"root": "a"}}
+    new = {"optim": {"lr": 1.0}, "trainer": {"max_epochs": 9, "clip_grad_norm": 10}, "data": {"root": "b"},
+           "model": {"norm": "ln"}}
+    assert config_changes(saved, new) == ["model.norm: '<absent>' -> 'ln'",
+                                          "trainer.clip_grad_norm: 5 -> 10"]
+
+
+def test_resume_without_a_checkpoint_is_refused(tiny, tmp_path):
+    with pytest.raises(RunDirError, match="no checkpoint .*holds no run"):
+        train([*tiny, "resume=true"], tmp_path / "empty")
+    assert not (tmp_path / "empty" / "final.json").exists()
+
+
+def test_a_corrupt_checkpoint_is_one_clear_error_naming_the_file(tiny, tmp_path):
+    train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match=f"{last}.*truncated or corrupt"):
+        checkpoint.load(last)
+    p = cli([*TINY, f"data.root={tiny[-1].split('=', 1)[1]}", "trainer.max_epochs=2", "resume=true",
+             f"hydra.run.dir={tmp_path}"])
+    assert p.returncode == 2 and "cannot be read" in p.stderr
+    assert "weights_only" not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_failure_is_recorded_with_its_traceback(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    # a missing data folder fails inside the run, after the directory is claimed
+    args = [a for a in TINY] + [f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+                                f"hydra.run.dir={run_dir}"]
+    p = cli(args)
+    assert p.returncode == 1
+    final = _final(run_dir)
+    assert final["status"] == "failed" and "nowhere" in final["error"]
+    assert "Traceback" in (run_dir / "train.log").read_text()
+
+
+# ---------------------------------------------------------------- signals
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "bnrnn.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epoch(proc: subprocess.Popen, run_dir: Path, timeout: float = 240):
+    """Until ``run_dir`` has the checkpoint of its first epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early (rc {proc.returncode}): {proc.stderr.read()[-2000:]}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("no epoch finished in time")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_the_run_interrupted_with_its_exit_code(tiny, tmp_path, sig, code):
+    proc = _start([*tiny, "trainer.max_epochs=1000", f"hydra.run.dir={tmp_path}"])
+    _wait_for_epoch(proc, tmp_path)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == code
+    final = _final(tmp_path)
+    assert final["status"] == "interrupted" and signal.Signals(sig).name in final["error"]
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["epoch"] >= 1
+
+
+def test_an_interrupted_sweep_stops(tiny, tmp_path):
+    proc = _start(["-m", *tiny, "trainer.max_epochs=1000", "seed=1,2", f"hydra.sweep.dir={tmp_path}"])
+    _wait_for_epoch(proc, tmp_path / "0")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert _final(tmp_path / "0")["status"] == "interrupted"
+    assert not (tmp_path / "1").exists()  # the second job never started
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_run(tiny, tmp_path):
+    common = [*tiny, "data.limit_batches=40", "trainer.max_epochs=3", "model.dropout=0.3",
+              "schedule.after_epoch=1"]
+    _, full_final, full_rows = train(common, tmp_path / "full")
+    run_dir = tmp_path / "killed"
+    proc = _start([*common, f"hydra.run.dir={run_dir}"])
+    _wait_for_epoch(proc, run_dir)
+    time.sleep(0.3)  # into epoch 2
+    proc.kill()
+    proc.wait()
+    assert _final(run_dir)["status"] == "running"  # what a killed run honestly says
+    _, final, rows = train([*common, "resume=true"], run_dir)
+    assert final["status"] == "completed"
+    assert strip_times(rows) == strip_times(full_rows)
+    assert final["test"] == full_final["test"]
+
+
+def test_reproduce_targets_never_delete_committed_results():
+    p = subprocess.run(["make", "-n", "reproduce-grid", "reproduce-ptb", "reproduce-ptb-small",
+                        "reproduce-speech", "reproduce-speech-synthetic"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    deletions = [line for line in p.stdout.splitlines() if "rm " in line and "results" in line]
+    assert deletions == []
+
+
+def test_weights_only_rejects_a_pickled_object(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": torch.nn.Linear(1, 1)}, path)  # a module, not a state dict
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        checkpoint.load(path)
+
+
+def test_a_signal_while_the_epoch_is_written_waits_for_the_records():
+    trainer = engine.Trainer.__new__(engine.Trainer)  # only the signal logic is exercised
+    trainer._writing, trainer._pending = True, None
+    trainer._on_signal(signal.SIGTERM, None)  # deferred: no half-written epoch
+    assert trainer._pending == signal.SIGTERM
+    trainer._writing = False
+    with pytest.raises(engine.Interrupted, match="SIGINT"):
+        trainer._on_signal(signal.SIGINT, None)
