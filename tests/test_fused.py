@@ -197,3 +197,26 @@ def test_gpu_fused_tanh_rnn_within_the_references_own_rounding(norm):
         a, r, b = results
         for k in a:
             assert rel(b[k], a[k]) <= max(3 * rel(r[k], a[k]), 1e-5), f"call {call} {k}"
+
+
+@pytest.mark.parametrize("norm", ["bn_recurrent", "bn_sum"])
+def test_fused_follows_the_batch_norms_mode_under_batch_statistics(norm):
+    # the layer evaluates while its batch norms use the batch's statistics (the authors' PTB
+    # validation): the fused kernels must normalize as the reference does, buffers untouched
+    from bnrnn.nn import batch_statistics
+
+    ref, fus = pair(norm)
+    x = torch.randn(4, 6, 3, dtype=f64)
+    outs = []
+    for model in (ref, fus):
+        model.eval()
+        before = {n: b.clone() for n, b in model.named_buffers()}
+        with torch.no_grad(), batch_statistics(model) as n_bn:
+            outs.append(model(x)[0])
+        assert n_bn > 0 and not model.training
+        for n, b in model.named_buffers():
+            torch.testing.assert_close(b, before[n], rtol=0, atol=0)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    ref.eval()
+    with torch.no_grad():
+        assert not torch.allclose(ref(x)[0], outs[0])  # population statistics differ

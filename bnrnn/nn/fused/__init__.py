@@ -75,7 +75,12 @@ def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
     for m in normed:  # the kernels compute BN inside; refuse what SeqBatchNorm.step refuses
         if _kind(m) == 1:
             m.check_values(B, (B, m.num_features))
-    train = layer.training
+    # Batch or population statistics is each BN's own mode, as in the reference loop: under
+    # batch_statistics / update_population_statistics the BNs train while the layer evaluates.
+    modes = {m.training for m in normed if _kind(m) == 1}
+    if len(modes) > 1:
+        raise ValueError("backend='fused' needs every batch norm of a layer in the same mode")
+    train = modes.pop() if modes else layer.training
     plan = make_plan(*(_kind(m) for m in slots.values()), B=B, H=H, train=train,
                      has_mask=mask is not None, f64=p.dtype == torch.float64, eps=eps,
                      gates=layer.gates)
