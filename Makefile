@@ -6,6 +6,7 @@ DATA ?=
 # keeps it. Later installs only see the `torch>=2.4` floor, so nothing reinstalls it.
 TORCH_CPU ?= torch==2.13.0
 SEEDS ?= 1
+PROTOCOL ?=
 DEVICE ?= auto
 ARGS ?=
 
@@ -38,8 +39,10 @@ data_root = $(if $(DATA),data.root=$(abspath $(DATA))/$(1),)
 # ---------------------------------------------------------------- Penn Treebank, Table 2
 # One sweep directory per `make` invocation (nanoseconds), so the collect step takes exactly it.
 PTB_SWEEP := multirun/reproduce_ptb/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
+# PROTOCOL=laurent_code|zaremba: another protocol than the paper's text (configs/protocol/).
 PTB_SWEEP_ARGS = -m +sweep=ptb seed=$(shell seq -s, 1 $(SEEDS)) device=$(DEVICE) quiet=true \
-                 hydra.sweep.dir=$(PTB_SWEEP) $(call data_root,ptb) $(ARGS)
+                 hydra.sweep.dir=$(PTB_SWEEP) $(call data_root,ptb) \
+                 $(if $(PROTOCOL),protocol=$(PROTOCOL),) $(ARGS)
 
 reproduce-ptb-small: ## Table 2, small row: 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides; DATA: local copies)
 	$(PYTHON) -m bnrnn.train $(PTB_SWEEP_ARGS) experiment=ptb_small
@@ -72,7 +75,8 @@ reproduce-grid: ## Table 3: TRIALS random-search points x {none, bn_sum} on char
 	    hydra.sweep.dir=$(GRID_SWEEP)/$$norm trainer.max_epochs=$(EPOCHS) data.limit_batches=$(LIMIT) \
 	    $(call data_root,ptb_char) device=$(DEVICE) quiet=true $(GRID_ARGS) || exit 1; \
 	done
-	rm -rf $(GRID_RUNS)
+	# trials land beside the committed ones; a different grid already in GRID_RUNS is refused
+	# (nothing is deleted): collect it elsewhere with GRID_RUNS=results/runs/<name>
 	$(PYTHON) scripts/collect_runs.py $(GRID_SWEEP) --dest $(GRID_RUNS) --layout relative
 	$(MAKE) tables
 
