@@ -34,11 +34,6 @@ def _seed_and_threads():
 
 
 @pytest.fixture(scope="session")
-def fixtures() -> Path:
-    return FIXTURES
-
-
-@pytest.fixture(scope="session")
 def ptb_root() -> Path:
     """Word PTB, the first lines of each split (tests/fixtures/ptb), readable with data.root=."""
     return FIXTURES / "ptb"
