@@ -227,6 +227,11 @@ def test_diverged_and_shortened_runs_are_never_averaged_in(tmp_path):
     ablation = ptb.ablation_section(rows)
     line = next(l for l in ablation.splitlines() if l.startswith("| laurent_code | — |"))
     assert "| 3 | 3 | 120.00 ± 1.00 (n=3) |" in line  # 3 complete, 3 not complete
+    write_run(tmp_path, seed=1, valid=120.0, protocol="laurent_text", status="running", epochs=2,
+              protocol_epochs=15, overrides=("trainer.clip_grad_norm=5",))
+    ablation = ptb.ablation_section(ptb.group_rows(load_runs(tmp_path)))
+    assert "Missing cells (n=0): laurent_code + trainer.clip_grad_norm=10; laurent_text + " \
+           "trainer.clip_grad_norm=5 (1 not complete); laurent_text." in ablation
     claims = ptb.claims_section(rows)
     assert "120.00 ± 1.00 (n=3)" in claims and "400" not in claims
     by = {(r["norm"], r["status"]): r for r in ptb.csv_rows(rows)}

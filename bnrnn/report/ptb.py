@@ -502,7 +502,9 @@ def ablation_section(rows: list[Row], size: str = "ptb_small") -> str:
     e = ablation_effects(*means, paper=paper)
     code5, code10, text5, text10 = cells
     names = [p + (f" + {x}" if x else "") for p, x, _, _ in ABLATION]
-    missing = [name for name, row in zip(names, cells) if row is None]
+    pending = [_not_complete(rows, size, p, "none", x) for p, x, _, _ in ABLATION]
+    missing = [name + (f" ({k} not complete)" if k else "")
+               for name, row, k in zip(names, cells, pending) if row is None]
     few = [f"{name} (n={len(row.runs)})" for name, row in zip(names, cells)
            if row is not None and len(row.runs) < CLAIM_MIN_SEEDS]
     sentences = []
