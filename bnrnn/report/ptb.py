@@ -550,9 +550,24 @@ def ablation_section(rows: list[Row], size: str = "ptb_small") -> str:
         sentences.append("Fewer than 3 seeds, so not yet evidence: " + "; ".join(few) + ".")
     return (f"The small baseline under the four combinations of clip (5 or 10) and schedule "
             "(the code's 5 epochs or the text's 15), mean ± std over complete seeds, each beside "
-            f"the paper's {paper}. Differences are of means; the bracket weighs each against "
-            "the seed spread by the rule of the claims section.\n\n" + markdown_table(header, body)
-            + "\n" + " ".join(sentences) + "\n")
+            f"the paper's {paper}. {_schedule_factor(size)} Differences are of means; the "
+            "bracket weighs each against the seed spread by the rule of the claims section."
+            "\n\n" + markdown_table(header, body) + "\n" + " ".join(sentences) + "\n")
+
+
+def _schedule_factor(size: str) -> str:
+    """What 'schedule' stands for in the ablation: every setting other than the clip in which
+    the code's and the text's protocols differ, read from the configs."""
+    by = {s["protocol"]: s for s in protocol_settings(("laurent_code", "laurent_text"), (size,))}
+    code, text = by["laurent_code"], by["laurent_text"]
+    names = {"epochs": "epochs", "decay": "decay factor", "after_epoch": "constant epochs",
+             "every": "decay interval", "batch_size": "batch", "bptt": "BPTT",
+             "dropout": "dropout", "eval_batch_size": "evaluation streams"}
+    differ = [f"{label} {code[k]:g} vs {text[k]:g}" for k, label in names.items()
+              if code[k] != text[k]]
+    return ("Besides the clip, the two protocols differ for this model in " + ", ".join(differ)
+            + " (code vs text); \"schedule\" stands for all of these together. BN statistics "
+            "do not apply to the baseline.")
 
 
 # ---------------------------------------------------------------------- the findings paragraph
