@@ -26,7 +26,7 @@ from bnrnn.report.format import (DASH, curves_figure, duration, fmt, fmt_mean_st
 from bnrnn.report.rows import Row as TableRow, group_rows as group_runs
 from bnrnn.report.runs import MECHANICS, STATUS_MARKED, Run, RunError, extra_overrides, load_runs
 
-# The published numbers (docs/protocols.md, "Published numbers").
+# The published numbers, as docs/reference.md §3 and docs/protocols.md give them.
 PAPER_NUMBERS = {
     # Laurent et al. 2016, "Batch Normalized Recurrent Neural Networks", Table 2: best perplexity
     # (train, valid) of the baseline LSTM and of input-only frame-wise BN (our `bn_input`).
