@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnrnn.nn import fused
 from bnrnn.nn.norms import STATS, SeqBatchNorm
 from bnrnn.nn.variants import VARIANTS, Variant, make_norm
 
@@ -65,7 +66,7 @@ class RecurrentLayer(nn.Module):
                  max_steps: int, momentum: float | None, eps: float, gamma: float,
                  init: str, init_range: float, forget_bias: float | None):
         super().__init__()
-        self.input_size, self.hidden_size = input_size, hidden_size
+        self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.init, self.init_range, self.forget_bias = init, init_range, forget_bias
         G = self.gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size))
@@ -132,8 +133,6 @@ class RecurrentLayer(nn.Module):
         """x (T, B, I), state tuple of (B, H), mask (T, B) or None -> output (T, B, H), state."""
         p = self.input_term(x, mask)
         if backend == "fused":
-            from bnrnn.nn import fused
-
             return fused.recurrence(self, p, state, mask)
         return self.reference_recurrence(p, state, mask)
 
@@ -208,16 +207,18 @@ class RecurrentStack(nn.Module):
                 f"bidirectional={self.bidirectional}, dropout={self.dropout}, norm={self.norm!r}, "
                 f"stats={self.stats!r}, backend={self.backend!r}")
 
-    def resolve_backend(self, x: Tensor) -> str:
-        """auto: cuDNN/ATen for ``none``; our fused kernels on CUDA for the rest; else the loop."""
+    def resolve_backend(self, x: Tensor, *, compiled: bool | None = None) -> str:
+        """auto: cuDNN/ATen for ``none``; our fused kernels where they are compiled for x (CUDA,
+        or ``compiled=True``) and have a plan for every layer at x's batch size; else the loop."""
         if self.backend != "auto":
             return self.backend
         if self.norm == "none":
             return "native"
-        from bnrnn.nn import fused
-
-        fast = x.is_cuda and fused.available() and fused.supports(self.layers[0])
-        return "fused" if fast else "reference"
+        if compiled is None:
+            compiled = fused.compiled_for(x)
+        if compiled and all(fused.refusal_of(layer, x.shape[1]) is None for layer in self.layers):
+            return "fused"
+        return "reference"
 
     # ------------------------------------------------------------------ input checks
     def check_forward_args(self, input: Tensor, state: tuple[Tensor, ...] | None,

@@ -2,99 +2,138 @@
 forward and backward, between cuBLAS products, the step loops captured as CUDA graphs.
 ``backend='fused'``.
 
-:func:`recurrence` is the drop-in replacement of ``reference_recurrence`` of ``LSTMLayer`` and
-``TanhLayer`` and is tested against it (float64; on CPU under the Triton interpreter,
-``TRITON_INTERPRET=1``).
+:func:`plan` says whether a kernel computes a layer's configuration (``None``: none does, and
+``backend='auto'`` runs the reference loop instead); :func:`recurrence` is the drop-in
+replacement of the layer's ``reference_recurrence`` and is tested against it (float64; on CPU
+under the Triton interpreter, ``TRITON_INTERPRET=1``).
+
+This package reads a layer only through its attributes (``variant``, ``gates``, ``has_cell``,
+``weight_hh``, ``norm_hh``, ``norm_sum``, ``norm_cell``), so it imports nothing of the layers.
 """
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import Tensor
 
+try:
+    import triton
+except ImportError:  # optional: without Triton every layer runs the reference loop
+    triton = None
 
-@functools.cache
-def _triton():
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return None
-    return triton
+if triton is not None:
+    from bnrnn.nn.fused import kernels
+    from bnrnn.nn.fused.loops import PARAMS, STATS, FusedRecurrence, Plan, make_plan, refusal
+
+    # The one mapping from a variant's slot kind (bnrnn.nn.variants.Slot.kind; None: empty
+    # slot) to the kernels' constant for it.
+    KERNEL_KIND = {None: kernels.NONE, "bn": kernels.BN, "ln": kernels.LN}
 
 
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter."""
-    triton = _triton()
     knobs = getattr(triton, "knobs", None)
     return bool(getattr(getattr(knobs, "runtime", None), "interpret", False))
 
 
 def available() -> bool:
     """Triton is installed and there is a GPU (or the interpreter) to run its kernels on."""
-    return _triton() is not None and (torch.cuda.is_available() or interpreting())
+    return triton is not None and (torch.cuda.is_available() or interpreting())
 
 
-def supports(layer) -> bool:
-    from bnrnn.nn.lstm import LSTMLayer
-    from bnrnn.nn.rnn import TanhLayer
+def compiled_for(x: Tensor) -> bool:
+    """Whether ``backend='auto'`` may run the kernels on x: compiled ones, on a CUDA tensor
+    (the interpreter is for tests; auto never picks it)."""
+    return triton is not None and x.is_cuda
 
-    return isinstance(layer, (LSTMLayer, TanhLayer))
+
+def _slots(layer) -> dict:
+    """slot name -> (its Slot of the layer's variant or None, its norm module)."""
+    variant = layer.variant
+    slots = {"hh": (variant.hh, layer.norm_hh), "sum": (variant.sum, layer.norm_sum)}
+    if layer.has_cell:
+        slots["cell"] = (variant.cell, layer.norm_cell)
+    return slots
 
 
-def _kind(norm) -> int:
-    from bnrnn.nn.fused.kernels import BN, LN, NONE
-    from bnrnn.nn.norms import SeqBatchNorm, SeqLayerNorm
+def _kind(slot) -> int:
+    return KERNEL_KIND[None if slot is None else slot.kind]
 
-    return BN if isinstance(norm, SeqBatchNorm) else LN if isinstance(norm, SeqLayerNorm) else NONE
+
+def refusal_of(layer, batch: int) -> Exception | None:
+    """The error ``backend='fused'`` raises for ``layer`` at batch size ``batch``; None where a
+    kernel computes it."""
+    if triton is None:
+        return RuntimeError("backend='fused' needs Triton: pip install triton (or use backend='reference')")
+    if (layer.gates, layer.has_cell) not in ((4, True), (1, False)):
+        return NotImplementedError(f"backend='fused' has no kernel for {type(layer).__name__}; "
+                                   f"use backend='reference'")
+    slots = _slots(layer)
+    kinds = {name: _kind(slot) for name, (slot, _) in slots.items()}
+    reason = refusal(kinds["hh"], kinds["sum"], kinds.get("cell", kernels.NONE), B=batch,
+                     gates=layer.gates)
+    if reason is not None:
+        return ValueError(reason)
+    if len({m.eps for name, (_, m) in slots.items() if kinds[name] != kernels.NONE}) > 1:
+        return ValueError("backend='fused' needs one eps for every norm of a layer")
+    # Batch or population statistics is each BN's own mode, as in the reference loop: under
+    # batch_statistics / update_population_statistics the BNs train while the layer evaluates.
+    if len({m.training for name, (_, m) in slots.items() if kinds[name] == kernels.BN}) > 1:
+        return ValueError("backend='fused' needs every batch norm of a layer in the same mode")
+    return None
+
+
+def plan(layer, p: Tensor, mask: Tensor | None = None) -> Plan | None:
+    """The kernels' plan for ``layer`` on p (T, B, G*H), or None where no kernel computes it."""
+    if refusal_of(layer, p.shape[1]) is not None:
+        return None
+    return _plan(layer, p, mask)
+
+
+def _plan(layer, p: Tensor, mask: Tensor | None) -> Plan:
+    slots = _slots(layer)
+    kinds = {name: _kind(slot) for name, (slot, _) in slots.items()}
+    normed = [m for name, (_, m) in slots.items() if kinds[name] != kernels.NONE]
+    modes = {m.training for name, (_, m) in slots.items() if kinds[name] == kernels.BN}
+    T, B, G = p.shape
+    return make_plan(kinds["hh"], kinds["sum"], kinds.get("cell", kernels.NONE), B=B,
+                     H=G // layer.gates, train=modes.pop() if modes else layer.training,
+                     has_mask=mask is not None, f64=p.dtype == torch.float64,
+                     eps=normed[0].eps if normed else 1e-5, gates=layer.gates)
 
 
 def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
                mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Same contract as the layer's ``reference_recurrence``: p (T, B, G*H), state (h0, c0) or
     (h0,) each (B, H), mask (T, B) bool or None -> output (T, B, H), final state; updates
-    population statistics in training like the reference."""
-    if _triton() is None:
-        raise RuntimeError("backend='fused' needs Triton: pip install triton (or use backend='reference')")
-    if not (p.is_cuda or interpreting()):
+    population statistics in training like the reference. Raises :func:`refusal_of`'s error."""
+    if triton is not None and not (p.is_cuda or interpreting()):
         raise RuntimeError("backend='fused' runs Triton kernels: it needs a CUDA tensor, or "
                            "TRITON_INTERPRET=1 for the CPU interpreter (tests); use backend='reference' on CPU")
-    if not supports(layer):
-        raise NotImplementedError(f"backend='fused' has no kernel for {type(layer).__name__}; use backend='reference'")
-    from bnrnn.nn.fused.loops import FusedRecurrence, make_plan
-
+    error = refusal_of(layer, p.shape[1])
+    if error is not None:
+        raise error
     if torch.is_autocast_enabled(p.device.type):  # the recurrence runs in autocast's dtype
         p = p.to(torch.get_autocast_dtype(p.device.type))
-    T, B, G = p.shape
-    H = G // layer.gates
-    slots = {"hh": layer.norm_hh, "s": layer.norm_sum, "c": getattr(layer, "norm_cell", None)}
-    normed = [m for m in slots.values() if _kind(m)]
-    eps = normed[0].eps if normed else 1e-5
-    if any(m.eps != eps for m in normed):
-        raise ValueError("backend='fused' needs one eps for every norm of a layer")
-    for m in normed:  # the kernels compute BN inside; refuse what SeqBatchNorm.step refuses
-        if _kind(m) == 1:
-            m.check_values(B, (B, m.num_features))
-    # Batch or population statistics is each BN's own mode, as in the reference loop: under
-    # batch_statistics / update_population_statistics the BNs train while the layer evaluates.
-    modes = {m.training for m in normed if _kind(m) == 1}
-    if len(modes) > 1:
-        raise ValueError("backend='fused' needs every batch norm of a layer in the same mode")
-    train = modes.pop() if modes else layer.training
-    plan = make_plan(*(_kind(m) for m in slots.values()), B=B, H=H, train=train,
-                     has_mask=mask is not None, f64=p.dtype == torch.float64, eps=eps,
-                     gates=layer.gates)
-    extra: dict = {"mask": None if mask is None else mask.to(torch.int8).contiguous()}
-    for name, m in slots.items():
-        if _kind(m) == 1 and not train:  # BN in evaluation: population statistics, T_max rule
-            idx = m.slots(0, T, p.device)
-            extra["m_" + name], extra["v_" + name] = m.running_mean[idx], m.running_var[idx]
+    T, B, _ = p.shape
+    plan_ = _plan(layer, p, mask)
+    norms = {name: m for name, (_, m) in _slots(layer).items()}
+    bns = [name for name in norms if plan_.kind(name) == kernels.BN]
+    for name in bns:  # the kernels compute BN inside; refuse what SeqBatchNorm.step refuses
+        norms[name].check_values(B, (B, norms[name].num_features))
+    given: dict = {"mask": None if mask is None else mask.to(torch.int8).contiguous()}
+    if not plan_.train:  # BN in evaluation: population statistics, T_max rule
+        for name in bns:
+            idx = norms[name].slots(0, T, p.device)
+            given["mean_" + name] = norms[name].running_mean[idx]
+            given["var_" + name] = norms[name].running_var[idx]
     h0, c0 = state[0].contiguous(), state[1].contiguous() if layer.has_cell else None
-    params = [getattr(m, attr, None) for m in slots.values() for attr in ("weight", "bias")]
-    out, *last = FusedRecurrence.apply(plan, extra, p.contiguous(), h0, c0, layer.weight_hh, *params)
-    if train:
+    attr = {"gamma": "weight", "beta": "bias"}  # PARAMS are named gamma_<slot>, beta_<slot>
+    params = [getattr(norms.get(slot), attr[x], None) for x, slot in (k.split("_") for k in PARAMS)]
+    out, h_n, c_n, *stats = FusedRecurrence.apply(plan_, given, p.contiguous(), h0, c0,
+                                                  layer.weight_hh, *params)
+    if plan_.train and bns:
+        stats = dict(zip(STATS, stats))
         n = (mask.sum(1) if mask is not None else torch.full((T,), B, device=p.device)).to(p.dtype)
-        for name, m in slots.items():
-            if _kind(m) == 1:
-                m.update_running(0, extra["stats"]["m_" + name], extra["stats"]["v_" + name], n)
-    return out, tuple(last)
+        for name in bns:
+            norms[name].update_running(0, stats["mean_" + name], stats["var_" + name], n)
+    return out, (h_n,) if c_n is None else (h_n, c_n)
