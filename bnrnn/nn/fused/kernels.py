@@ -84,6 +84,13 @@ def _tile(mask, B, H, G: tl.constexpr, HAS_MASK: tl.constexpr, F64: tl.constexpr
 
 
 @triton.jit
+def _offsets(rows, units, cols, rm, um, H, G: tl.constexpr):
+    """Offsets of a gate tile in a (B, G*H) tensor and of a state tile in a (B, H) one, and the
+    tile's bounds mask."""
+    return rows * (G * H) + cols, rows * H + units, rm & um
+
+
+@triton.jit
 def _row_sum(x):
     """Σ over the features of each row of a (BB, G, BH) tile -> (BB, 1, 1)."""
     return tl.sum(tl.sum(x, axis=2, keep_dims=True), axis=1, keep_dims=True)
@@ -216,9 +223,7 @@ def lstm_step_fwd(
     when computed, read otherwise."""
     rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 4, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     gate = tl.arange(0, 4)[None, :, None]
-    off = rows * (4 * H) + cols
-    tm = rm & um
-    soff = rows * H + units
+    off, soff, tm = _offsets(rows, units, cols, rm, um, H, 4)
     a, _, _, _, _, _, _ = _preactivation(
         r, p, off, tm, cols, rows, rm, um, w, u, n, 4 * H, eps,
         gamma_hh, beta_hh, mean_hh, var_hh, gamma_sum, beta_sum, mean_sum, var_sum,
@@ -254,9 +259,7 @@ def lstm_step_bwd(
     this program's partial sums at row program_id(0) of a (programs, features) buffer."""
     rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 4, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     gate = tl.arange(0, 4)[None, :, None]
-    off = rows * (4 * H) + cols
-    tm = rm & um
-    soff = rows * H + units
+    off, soff, tm = _offsets(rows, units, cols, rm, um, H, 4)
     part = tl.program_id(0) * 4 * H  # this program's row of the gate-feature partial sums
     a, xh_hh, rstd_hh, g_hh, xh_sum, rstd_sum, g_sum = _preactivation(
         r, p, off, tm, cols, rows, rm, um, w, u, n, 4 * H, eps,
@@ -308,8 +311,7 @@ def tanh_step_fwd(
     """One step of h_t = tanh(N_sum(p_t + r)), r, p: (B, H); N_sum none or BN (NormRNN's
     variants); arguments as :func:`lstm_step_fwd`'s."""
     rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
-    off = rows * H + units
-    tm = rm & um
+    off, _, tm = _offsets(rows, units, cols, rm, um, H, 1)
     a, _, _, _, _, _, _ = _preactivation(
         r, p, off, tm, cols, rows, rm, um, w, u, n, H, eps,
         None, None, None, None, gamma_sum, beta_sum, mean_sum, var_sum,
@@ -329,8 +331,7 @@ def tanh_step_bwd(
     """Backward of :func:`tanh_step_fwd`: dr = dp = ∂L/∂(p_t + r) (B, H); in place dh <- the
     part of ∂L/∂h_{t-1} that skips padded rows; partial sums as :func:`lstm_step_bwd`'s."""
     rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
-    off = rows * H + units
-    tm = rm & um
+    off, _, tm = _offsets(rows, units, cols, rm, um, H, 1)
     a, _, _, _, xh_sum, rstd_sum, g_sum = _preactivation(
         r, p, off, tm, cols, rows, rm, um, w, u, n, H, eps,
         None, None, None, None, gamma_sum, beta_sum, mean_sum, var_sum,
