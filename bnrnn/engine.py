@@ -1,15 +1,8 @@
 """The training loop: one ``Trainer`` for every experiment (PTB word/char, speech).
 
-The loop knows nothing about language models or speech. It asks the *data* object for
-batches and the *model* for a :class:`StepOutput` per batch:
-
-- ``data.batches(split, epoch)`` yields batches (tuples of tensors), ``data.num_batches(split)``
-  counts them, ``data.stateful`` says whether the recurrent state is carried from one batch to
-  the next (PTB's BPTT windows) — it is then reset at each epoch and before each evaluation;
-- ``model(batch, state) -> StepOutput`` and ``model.metrics(totals) -> dict`` turn summed
-  losses into perplexity, bits per character or frame error rate; ``model.selection`` names the
-  validation metric that picks the best epoch (lower is better); ``model.chance_loss`` (optional)
-  is the per-unit loss of a uniform prediction, ln(number of classes).
+The loop knows nothing about language models or speech: it asks the data object for batches
+and the model for a :class:`~bnrnn.contracts.StepOutput` per batch, as ``bnrnn/contracts.py``
+writes down (``DataModule``, ``Model``, and the ``data.dims`` → model-argument coupling).
 
 Each epoch appends one line to ``metrics.jsonl``, saves ``checkpoints/last.pt`` (and
 ``checkpoints/best.pt`` when validation improves) and rewrites ``final.json``; every write is
@@ -25,36 +18,17 @@ import itertools
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from bnrnn import checkpoint
+from bnrnn.contracts import DataModule, Model, StepOutput
 from bnrnn.io import git_revision, hardware, read_jsonl, write_json, write_jsonl
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
-
-
-@dataclass
-class StepOutput:
-    """What a model returns for one batch.
-
-    objective: the scalar to back-propagate (its scaling is the model's convention, e.g. NLL
-        summed over time and averaged over the batch for Zaremba's PTB protocol).
-    loss_sum: the summed per-unit loss (detached), over ``count`` units (tokens, characters,
-        frames); metrics are always unit-weighted: ``loss = Σ loss_sum / Σ count``.
-    sums: further additive statistics (e.g. ``{"errors": n}`` for frame error rate).
-    state: the recurrent state to carry to the next batch (detached), or None.
-    """
-
-    objective: Tensor
-    loss_sum: Tensor
-    count: int
-    sums: dict[str, Tensor] = field(default_factory=dict)
-    state: Any = None
 
 
 class Diverged(RuntimeError):
@@ -94,7 +68,7 @@ def _to(batch, device):
 
 
 class Trainer:
-    def __init__(self, *, model: nn.Module, data, optimizer: torch.optim.Optimizer,
+    def __init__(self, *, model: Model, data: DataModule, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None, config: TrainerConfig,
                  run_dir: str | Path, device: torch.device, logger=None,
                  info: dict | None = None, resolved_config: dict | None = None):
@@ -149,7 +123,7 @@ class Trainer:
     def run_epoch(self, split: str, train: bool, batch_stats: bool = False) -> dict[str, float]:
         """One pass over ``split``; returns the model's metrics plus throughput. ``batch_stats``:
         an evaluation whose batch norms use the batch's statistics (see ``batch_statistics``)."""
-        model, data = self.model, self.data
+        model = self.model
         model.train(train)
         with batch_statistics(model) if batch_stats else contextlib.nullcontext():
             return self._pass(split, train)
@@ -158,8 +132,10 @@ class Trainer:
         model, data = self.model, self.data
         state = None  # reset at each epoch and before each evaluation
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        # the unit count stays on the device too (a model may count there, e.g. unpadded frames):
+        # both are read back together, once per check
+        count_sum = torch.zeros((), dtype=torch.int64, device=self.device)
         sums: dict[str, Tensor] = {}
-        count = 0
         checked = (0.0, 0)  # loss_sum and count at the previous check
         chance = getattr(model, "chance_loss", None) if train else None
         n = data.num_batches(split)
@@ -179,11 +155,11 @@ class Trainer:
                     self.step += 1
                 state = out.state if data.stateful else None
                 loss_sum += out.loss_sum.double()
-                count += out.count
+                count_sum += out.count
                 for k, v in out.sums.items():
                     sums[k] = sums.get(k, 0) + v.detach().double()
                 if (i + 1) % self.cfg.check_every == 0 or i + 1 == n:
-                    total = loss_sum.item()  # one sync every check_every steps
+                    total, count = _read_back(loss_sum, count_sum)  # one sync per check
                     mean = total / count
                     window = (total - checked[0]) / max(1, count - checked[1])
                     checked = (total, count)
@@ -197,13 +173,14 @@ class Trainer:
                             f"{split} loss {window:.4g} over the last steps is above the uniform "
                             f"prediction's {chance:.4g} + margin {self.cfg.divergence_margin:g} at "
                             f"epoch {self.epoch}, step {self.step}")
-                    bar.set_postfix(model.metrics({"loss_sum": loss_sum.item(), "count": count})
+                    bar.set_postfix(model.metrics({"loss_sum": total, "count": count})
                                     | {"tok/s": f"{count / (time.perf_counter() - start):.0f}"},
                                     refresh=False)
                 bar.update(1)
         bar.close()
         seconds = time.perf_counter() - start
-        totals = {"loss_sum": loss_sum.item(), "count": count} | {k: float(v) for k, v in sums.items()}
+        total, count = _read_back(loss_sum, count_sum)
+        totals = {"loss_sum": total, "count": count} | {k: float(v) for k, v in sums.items()}
         if not math.isfinite(totals["loss_sum"]):
             raise Diverged(f"non-finite {split} loss at epoch {self.epoch}, step {self.step}")
         return model.metrics(totals) | {"tokens_per_s": count / seconds, "seconds": seconds}
@@ -348,6 +325,13 @@ class Trainer:
         } | self.info
         write_json(self.run_dir / "final.json", final)
         return final
+
+
+def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[float, int]:
+    """The summed loss and unit count, copied to the host in one transfer (a float64 holds
+    every count below 2**53 exactly)."""
+    total, count = torch.stack((loss_sum, count_sum.double())).tolist()
+    return total, int(count)
 
 
 def _metrics_only(result: dict[str, float]) -> dict[str, float]:

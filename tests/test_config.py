@@ -11,6 +11,7 @@ from hydra.utils import get_object
 
 from bnrnn import config as schema
 from bnrnn.config import ConfigError, validate, validate_data
+from bnrnn.contracts import DIMS
 from bnrnn.engine import TrainerConfig
 from bnrnn.nn.base import RecurrentStack
 from bnrnn.train import run
@@ -234,7 +235,7 @@ def test_cli_refuses_fp16(tmp_path):
 
 # ------------------------------------------------------------- the schema follows the code
 PROVIDED = {"self", "params", "optimizer", "run_dir",  # passed by bnrnn.train, not configured
-            "vocab_size", "feature_dim", "num_classes", "feature_mean", "feature_std"}  # data.dims
+            *(key for keys in DIMS.values() for key in keys)}  # data.dims
 
 
 @pytest.mark.parametrize("target,group", [

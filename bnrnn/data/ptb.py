@@ -97,7 +97,8 @@ def num_windows(columns: torch.Tensor, bptt: int) -> int:
 
 
 class PTBWordData:
-    """Word PTB for the trainer: contiguous columns and BPTT windows, state carried.
+    """Word PTB for the trainer (a :class:`bnrnn.contracts.DataModule`): contiguous columns and
+    BPTT windows, state carried.
 
     Args:
         root, cache_dir, download: see :class:`PTBCorpus`.

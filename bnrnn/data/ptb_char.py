@@ -121,7 +121,8 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class PTBCharData:
-    """Char PTB for the trainer: fixed-length sequences, time-major batches, no carried state.
+    """Char PTB for the trainer (a :class:`bnrnn.contracts.DataModule`): fixed-length sequences,
+    time-major batches, no carried state.
 
     Batches are (input, target), each (T, B) = (seq_len, batch) symbol ids.
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrnn.engine import StepOutput
+from bnrnn.contracts import StepOutput
 from bnrnn.nn import NormLSTM
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrnn.engine import StepOutput
+from bnrnn.contracts import StepOutput
 from bnrnn.nn import NormLSTM
 
 IGNORE = -100  # label of padded frames (torch.nn.functional.cross_entropy's ignore_index)
@@ -85,7 +85,8 @@ class FramewiseClassifier(nn.Module):
                              reduction="sum")
         real = labels != IGNORE
         errors = ((logits.argmax(-1) != labels) & real).sum()
-        return StepOutput(objective=ce / B, loss_sum=ce.detach(), count=int(real.sum()),
+        # the frame count stays a device tensor: reading it here would wait for the GPU every step
+        return StepOutput(objective=ce / B, loss_sum=ce.detach(), count=real.sum(),
                           sums={"errors": errors})
 
     @staticmethod

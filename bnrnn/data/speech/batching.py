@@ -83,7 +83,8 @@ def feature_statistics(utts: Utterances) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SpeechData:
-    """Framewise speech data for :class:`bnrnn.engine.Trainer` (``stateful = False``).
+    """Framewise speech data for the trainer (a :class:`bnrnn.contracts.DataModule`,
+    ``stateful = False``).
 
     Args:
         splits: split name -> :class:`Utterances` (static features and labels); must hold
