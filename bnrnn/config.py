@@ -196,6 +196,9 @@ PROTOCOL = Group({
     **{size: Group(_SIZE, required=tuple(_SIZE)) for size in ("small", "medium", "large")},
 }, required=("name", "batch_size", "eval_batch_size", "eval_batch_stats", "small", "medium", "large"))
 
+# configs/paths: the locations the data configs' directories are built from
+PATHS = Group({"cache_dir": string()}, required=("cache_dir",))
+
 _LOCAL = {"root": optional(string()), "cache_dir": string(), "download": BOOL}
 _BATCHES = {"batch_size": POSITIVE, "eval_batch_size": POSITIVE, "limit_batches": optional(POSITIVE)}
 _SPEECH = {**_LOCAL, **_BATCHES, "shard_size": POSITIVE, "workers": POSITIVE,
@@ -409,7 +412,7 @@ def validate(cfg: DictConfig | Mapping) -> dict:
     """Check every key of the composed configuration; returns the resolved configuration.
     Raises :class:`ConfigError` (one line: key, value, what is allowed) at the first bad key."""
     c = _resolve(cfg)
-    groups = {*GROUPS, "trainer", "protocol"}
+    groups = {*GROUPS, "trainer", "protocol", "paths"}
     for key, value in c.items():
         if key in groups:
             continue
@@ -424,6 +427,8 @@ def validate(cfg: DictConfig | Mapping) -> dict:
     # name the key that was set (protocol.small.epochs), not the one that copies it
     if c.get("protocol") is not None:  # PTB experiments: configs/protocol/
         _check_group(c["protocol"], PROTOCOL, "protocol")
+    if c.get("paths") is not None:
+        _check_group(c["paths"], PATHS, "paths")
     for name, schemas in GROUPS.items():
         _check_target(c.get(name), name, schemas)
     if c.get("trainer") is None:

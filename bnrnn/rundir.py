@@ -26,7 +26,7 @@ from bnrnn.io import write_text
 # computes: a resumed run may change them.
 MAY_CHANGE_ON_RESUME = (
     "trainer.max_epochs", "trainer.max_time", "trainer.stop_after_epochs", "trainer.progress",
-    "trainer.check_every", "resume", "quiet", "threads", "device", "logger.", "data.root",
+    "trainer.check_every", "resume", "quiet", "threads", "device", "logger.", "paths.", "data.root",
     "data.cache_dir", "data.text_cache_dir", "data.audio_dir", "data.download", "data.progress",
     "data.workers")
 

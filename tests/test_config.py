@@ -148,6 +148,9 @@ BAD = [
      "one of frame, sequence"),
     (["experiment=speech_synthetic", "+model.norm_options.stats=frame"], "model.norm_options.stats=frame",
      "unknown key"),  # the framewise model sets the statistics itself (model.stats)
+    # paths
+    (["paths.cache_dir="], "paths.cache_dir=''", "a non-empty string"),
+    (["+paths.data_dir=/data"], "paths.data_dir=/data", "paths takes: cache_dir"),
     # logger
     (["logger=wandb", "logger.mode=loud"], "logger.mode=loud", "one of online, offline, disabled"),
 ]
@@ -259,6 +262,18 @@ def test_every_group_option_has_a_schema():
         for path in (Path(CONFIG_DIR) / group).glob("*.yaml"):
             target = (make_cfg([f"{group}={path.stem}"])[group] or {}).get("_target_")
             assert target is None or target in schema.GROUPS[group], path
+
+
+@pytest.mark.parametrize("experiment", ["ptb_small", "grid_char_rnn", "speech_synthetic",
+                                        "speech_librispeech"])
+def test_every_data_cache_lies_under_paths_cache_dir(experiment, tmp_path):
+    c = validate(make_cfg([f"experiment={experiment}", f"paths.cache_dir={tmp_path}"]))
+    dirs = [v for k, v in c["data"].items() if k.endswith("cache_dir")]
+    assert dirs and all(Path(d).parent == tmp_path for d in dirs)
+    # where the cache is says nothing about what a run computes: a resumed run may move it
+    from bnrnn.rundir import config_changes
+
+    assert config_changes({k: v for k, v in c.items() if k != "paths"}, c) == []
 
 
 def test_resolved_config_is_returned():
