@@ -24,16 +24,21 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bnrnn.data.ptb import num_windows  # noqa: E402
+from bnrnn.data.ptb import SPLIT_TOKENS, VOCAB_SIZE, num_windows  # noqa: E402
+from bnrnn.data.speech.batching import FEATURE_DIM  # noqa: E402
 from bnrnn.io import git_revision, hardware, write_json, write_text  # noqa: E402
-from bnrnn.models.lm import WordLM  # noqa: E402
-from bnrnn.nn import NormLSTM  # noqa: E402
+from bnrnn.nn import VARIANTS, NormLSTM  # noqa: E402
+from bnrnn.train import CONFIG_DIR  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -48,23 +53,44 @@ class Shape:
     stats: str = "frame"
 
 
-SHAPES = {
-    "ptb_small": Shape("ptb_small", 20, 32, 200, 200, 2),
-    "ptb_medium": Shape("ptb_medium", 35, 32, 650, 650, 2),
-    "ptb_large": Shape("ptb_large", 35, 32, 1500, 1500, 2),
-    "speech": Shape("speech", 800, 24, 123, 250, 5, True, "sequence"),
-    "tiny": Shape("tiny", 5, 4, 8, 8, 2),  # the test's
-}
-# (label, norm, backend): cuDNN nn.LSTM is the reference every ratio is taken against
-VARIANTS = [("nn.LSTM", None, None), ("none, our loop (control)", "none", "fused"),
-            ("bn_input", "bn_input", "auto"), ("bn_recurrent", "bn_recurrent", "auto"),
-            ("ln", "ln", "auto"), ("bn_sum", "bn_sum", "auto")]
-# issue 7's targets at the PTB medium shape (ratio of step time to cuDNN), and 2x everywhere
+@cache
+def experiment(name: str) -> dict:
+    """configs/experiment/<name>.yaml composed as ``python -m bnrnn.train experiment=<name>`` would
+    (its default protocol), resolved: every size, batch and epoch count below comes from it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={name}"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# Table 2: the sizes x variants that `+sweep=ptb` runs (configs/sweep/ptb.yaml)
+_TABLE2 = OmegaConf.load(Path(CONFIG_DIR) / "sweep" / "ptb.yaml").hydra.sweeper.params
+PTB_SIZES = tuple(str(_TABLE2.experiment).split(","))
+TABLE2_NORMS = tuple(str(_TABLE2["model.norm"]).split(","))
+SPEECH_FRAMES = 800  # a typical training utterance (8 s); the experiment drops those over max_frames
+
+
+@cache
+def shape_of(name: str) -> Shape:
+    """A benchmarked shape: a PTB experiment's (bptt x batch, hidden = input), the speech stack
+    of experiment=speech_librispeech, or ``tiny`` (the test's)."""
+    if name == "tiny":
+        return Shape("tiny", 5, 4, 8, 8, 2)
+    if name == "speech":
+        c = experiment("speech_librispeech")
+        return Shape("speech", SPEECH_FRAMES, c["data"]["batch_size"], FEATURE_DIM,
+                     c["model"]["hidden_size"], c["model"]["num_layers"], True, c["model"]["stats"])
+    c = experiment(name)
+    H = c["model"]["hidden_size"]
+    return Shape(name, c["data"]["bptt"], c["data"]["batch_size"], H, H, c["model"]["num_layers"])
+
+
+# (label, norm, backend): cuDNN nn.LSTM is the reference every ratio is taken against, our own
+# loop without normalization the control, then every variant on the backend training picks
+CANDIDATES = [("nn.LSTM", None, None), ("none, our loop (control)", "none", "fused"),
+              *((norm, norm, "auto") for norm in VARIANTS if norm != "none")]
+# speed targets at the PTB medium shape (ratio of step time to cuDNN), and 2x everywhere
 TARGETS = {"bn_input": 1.1, "bn_recurrent": 1.5, "ln": 1.5}
 ANY_SHAPE_LIMIT = 2.0
-PTB_PROTOCOL = {"ptb_small": (15, 20), "ptb_medium": (40, 35), "ptb_large": (55, 35)}  # epochs, bptt
-TABLE2_NORMS = ("none", "bn_input", "bn_recurrent", "ln")
-PTB_TOKENS = {"train": 929_589, "valid": 73_760, "test": 82_430}
 
 
 class Timer:
@@ -115,7 +141,8 @@ def rnn_step(model, x, device, precision):
 def build_rnn(shape: Shape, norm, backend, device):
     if norm is None:
         return nn.LSTM(shape.I, shape.H, shape.L, bidirectional=shape.bidirectional).to(device)
-    stats = shape.stats if norm in ("bn_input", "bn_recurrent") else "frame"
+    # sequence-wise statistics exist only for the input term: where the variant normalizes it
+    stats = shape.stats if VARIANTS[norm].ih is not None else "frame"
     return NormLSTM(shape.I, shape.H, shape.L, shape.bidirectional, 0.0, norm, stats=stats,
                     backend=backend, max_steps=shape.T).to(device)
 
@@ -126,7 +153,7 @@ def bench_rnn(shapes, precisions, device, warmup, reps) -> list[dict]:
         x = torch.randn(shape.T, shape.B, shape.I, device=device)
         for precision in precisions:
             base = None
-            for label, norm, backend in VARIANTS:
+            for label, norm, backend in CANDIDATES:
                 if backend == "fused" and device.type != "cuda":
                     backend = "reference"  # the fused kernels need a GPU (the interpreter is for tests)
                 model = build_rnn(shape, norm, backend, device).train()
@@ -141,14 +168,16 @@ def bench_rnn(shapes, precisions, device, warmup, reps) -> list[dict]:
     return rows
 
 
-def wordlm_steps(model, opt, x, xe):
-    """One PTB training step (batch 32, clip 5, SGD) and one evaluation step (batch 10)."""
+def wordlm_steps(model, opt, x, xe, clip):
+    """One PTB training step (as the trainer takes it: objective, backward, gradient-norm clip,
+    optimizer step) on ``x`` and one evaluation step on ``xe``."""
     def train_step():
         model.train()
         out = model((x, x), None)
         opt.zero_grad(set_to_none=True)
         out.objective.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
 
     @torch.no_grad()
@@ -160,26 +189,27 @@ def wordlm_steps(model, opt, x, xe):
 
 
 def bench_ptb(sizes, device, warmup, reps) -> list[dict]:
-    """Full WordLM training and evaluation steps at each PTB size (fp32/TF32, the runs' policy)."""
+    """Full WordLM training and evaluation steps at each PTB size, built from the experiment's
+    model, optimizer, batch sizes, window and clip (fp32/TF32, the runs' policy)."""
     timer, rows = Timer(device), []
     for size in sizes:
-        shape = SHAPES[size]
-        epochs, bptt = PTB_PROTOCOL[size]
-        for norm in TABLE2_NORMS:  # backend auto, as in training
-            model = WordLM(10_000, shape.H, 2, dropout=0.5 if shape.H > 200 else 0.0,
-                           norm=norm).to(device)
-            opt = torch.optim.SGD(model.parameters(), lr=1.0)
-            x = torch.randint(0, 10_000, (bptt, 32), device=device)
-            xe = torch.randint(0, 10_000, (bptt, 10), device=device)
-            train_step, eval_step = wordlm_steps(model, opt, x, xe)
+        c = experiment(size)
+        epochs, bptt = c["trainer"]["max_epochs"], c["data"]["bptt"]
+        B, B_eval = c["data"]["batch_size"], c["data"]["eval_batch_size"]
+        for norm in TABLE2_NORMS:  # the experiment's backend (auto), as in training
+            model = instantiate(c["model"], vocab_size=VOCAB_SIZE, norm=norm).to(device)
+            opt = instantiate(c["optim"], params=model.parameters())
+            x = torch.randint(0, VOCAB_SIZE, (bptt, B), device=device)
+            xe = torch.randint(0, VOCAB_SIZE, (bptt, B_eval), device=device)
+            train_step, eval_step = wordlm_steps(model, opt, x, xe, c["trainer"]["clip_grad_norm"])
             train_ms, peak = timer(train_step, warmup, reps)
             eval_ms, _ = timer(eval_step, warmup, reps)
-            steps = num_windows(torch.empty(PTB_TOKENS["train"] // 32), bptt)
-            evals = sum(num_windows(torch.empty(PTB_TOKENS[s] // 10), bptt) for s in ("valid", "test"))
+            steps = num_windows(torch.empty(SPLIT_TOKENS["train"] // B), bptt)
+            evals = sum(num_windows(torch.empty(SPLIT_TOKENS[s] // B_eval), bptt) for s in ("valid", "test"))
             epoch_s = (steps * train_ms + evals * eval_ms) / 1e3
             rows.append(dict(size=size, norm=norm, backend=model.rnn.resolve_backend(x.float()),
                              train_step_ms=train_ms, eval_step_ms=eval_ms, peak_mib=peak,
-                             tokens_per_s=32 * bptt / (train_ms / 1e3), epoch_s=epoch_s,
+                             tokens_per_s=B * bptt / (train_ms / 1e3), epoch_s=epoch_s,
                              protocol_epochs=epochs, protocol_hours=epochs * epoch_s / 3600))
             print(f"{size:10s} {norm:13s} train step {train_ms:8.3f} ms ({rows[-1]['tokens_per_s']:9.0f} tok/s)"
                   f"  eval step {eval_ms:7.3f} ms  epoch ~{epoch_s:7.1f} s", flush=True)
@@ -208,14 +238,14 @@ def markdown(rnn_rows, ptb_rows, meta) -> str:
     if meta["device"] != "cuda":
         lines += ["**CPU run**: the normalized variants run the reference loop (the fused kernels need "
                   "a GPU); ratios are to PyTorch's own CPU `nn.LSTM`.", ""]
-    for shape in dict.fromkeys(r["shape"] for r in rnn_rows):
-        s = SHAPES[shape]
-        lines += [f"## {shape}: T={s.T}, B={s.B}, input {s.I}, hidden {s.H}, {s.L} layers"
+    for name in dict.fromkeys(r["shape"] for r in rnn_rows):
+        s = shape_of(name)
+        lines += [f"## {name}: T={s.T}, B={s.B}, input {s.I}, hidden {s.H}, {s.L} layers"
                   f"{', bidirectional' if s.bidirectional else ''}", "",
                   "| variant | backend | fp32 ms | fp32 ratio | fp32 peak MiB | bf16 ms | bf16 ratio | bf16 peak MiB |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for label, *_ in VARIANTS:
-            cells = {r["precision"]: r for r in rnn_rows if r["shape"] == shape and r["variant"] == label}
+        for label, *_ in CANDIDATES:
+            cells = {r["precision"]: r for r in rnn_rows if r["shape"] == name and r["variant"] == label}
             if not cells:
                 continue
             backend = next(iter(cells.values()))["backend"]
@@ -225,7 +255,7 @@ def markdown(rnn_rows, ptb_rows, meta) -> str:
                 row += ["—"] * 3 if r is None else [f"{r['ms']:.3f}", f"{r['ratio']:.2f}", _mib(r["peak_mib"])]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-    lines += ["## Targets (issue 7): ratio of step time to cuDNN `nn.LSTM`", "",
+    lines += ["## Targets: ratio of step time to cuDNN `nn.LSTM`", "",
               "| target | shape | precision | measured | met |", "|---|---|---|---:|---|"]
     for norm, limit in TARGETS.items():
         for r in rnn_rows:
@@ -240,22 +270,25 @@ def markdown(rnn_rows, ptb_rows, meta) -> str:
     lines.append("")
     if ptb_rows:
         total = sum(r["protocol_hours"] for r in ptb_rows)
+        sizes = dict.fromkeys(r["size"] for r in ptb_rows)
+        epochs = " / ".join(str(experiment(s)["trainer"]["max_epochs"]) for s in sizes)
+        eval_batch = " / ".join(dict.fromkeys(str(experiment(s)["data"]["eval_batch_size"]) for s in sizes))
         lines += ["## Full PTB training step (WordLM, fp32/TF32) and the Table 2 protocol", "",
-                  "Epoch time = training windows × train step + valid and test windows (batch 10) × "
-                  "eval step; protocol = epochs × epoch time (15 / 40 / 55 epochs), one run at a time.", "",
+                  f"Epoch time = training windows × train step + valid and test windows (batch {eval_batch}) × "
+                  f"eval step; protocol = epochs × epoch time ({epochs} epochs), one run at a time.", "",
                   "| size | variant | backend | train step ms | tokens/s | eval step ms | peak MiB | epoch s | protocol h |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in ptb_rows:
             lines.append(f"| {r['size']} | {r['norm']} | {r['backend']} | {r['train_step_ms']:.3f} | "
                          f"{r['tokens_per_s']:.0f} | {r['eval_step_ms']:.3f} | {_mib(r['peak_mib'])} | "
                          f"{r['epoch_s']:.1f} | {r['protocol_hours']:.2f} |")
-        expected = {(size, norm) for size in PTB_PROTOCOL for norm in TABLE2_NORMS}
+        expected = {(size, norm) for size in PTB_SIZES for norm in TABLE2_NORMS}
         missing = sorted(expected - {(r["size"], r["norm"]) for r in ptb_rows})
         verdict = ("met" if total < 2 else "not met") if not missing else (
             "not established by this benchmark: no full-step measurement of "
             + ", ".join(f"{size} {norm}" for size, norm in missing))
         lines += ["", f"Estimated wall time of the {len(ptb_rows)} runs measured here, one after another: "
-                      f"**{total:.2f} h**; target for the full 12-run table: under 2 h on one H100 ({verdict}).", ""]
+                      f"**{total:.2f} h**; target for the full {len(expected)}-run table: under 2 h on one H100 ({verdict}).", ""]
     return "\n".join(lines)
 
 
@@ -289,10 +322,10 @@ def main(argv=None) -> None:
     torch.backends.cudnn.allow_tf32 = True
     warmup = args.warmup if args.warmup is not None else 10 if gpu else 1
     reps = args.reps if args.reps is not None else 50 if gpu else 5
-    shapes = [SHAPES[s] for s in args.shapes.split(",")]
+    shapes = [shape_of(s) for s in args.shapes.split(",")]
     precisions = (args.precisions or ("fp32,bf16" if gpu else "fp32")).split(",")
     sizes = args.ptb_sizes.split(",") if args.ptb_sizes is not None else \
-        [s.name for s in shapes if s.name in PTB_PROTOCOL]
+        [s.name for s in shapes if s.name in PTB_SIZES]
     sizes = [s for s in sizes if s]
     torch.manual_seed(0)
     rnn_rows = bench_rnn(shapes, precisions, device, warmup, reps)

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from bnrnn.nn import VARIANTS
+from tests.helpers import make_cfg
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_rnn  # noqa: E402
 
@@ -15,7 +18,7 @@ def test_bench_writes_a_table_with_every_variant_and_ratios(tmp_path):
                     "--warmup", "1", "--out", str(out)])
     data = json.loads(out.with_suffix(".json").read_text())
     rows = {r["variant"]: r for r in data["rnn"]}
-    assert set(rows) == {label for label, *_ in bench_rnn.VARIANTS}
+    assert set(rows) == {label for label, *_ in bench_rnn.CANDIDATES}
     assert rows["nn.LSTM"]["ratio"] == 1.0
     for r in rows.values():
         assert r["ms"] > 0 and r["ratio"] == pytest.approx(r["ms"] / rows["nn.LSTM"]["ms"])
@@ -37,7 +40,7 @@ def test_protocol_estimate_needs_every_table2_run():
                peak_mib=1.0, tokens_per_s=1.0, epoch_s=1.0, protocol_epochs=15, protocol_hours=0.1)
     md = bench_rnn.markdown([], [row], meta)
     assert "not established by this benchmark" in md and "ptb_large ln" in md
-    full = [dict(row, size=s, norm=n) for s in bench_rnn.PTB_PROTOCOL for n in bench_rnn.TABLE2_NORMS]
+    full = [dict(row, size=s, norm=n) for s in bench_rnn.PTB_SIZES for n in bench_rnn.TABLE2_NORMS]
     assert "(met)" in bench_rnn.markdown([], full, meta)
 
 
@@ -46,7 +49,21 @@ def test_full_ptb_step_and_protocol_estimate_on_cpu():
 
     rows = bench_rnn.bench_ptb(["ptb_small"], torch.device("cpu"), warmup=0, reps=1)
     assert [r["norm"] for r in rows] == list(bench_rnn.TABLE2_NORMS)
+    c = make_cfg(["experiment=ptb_small"])  # the protocol the benchmark estimates is the config's
     for r in rows:
-        steps = -(-(929_589 // 32 - 1) // 20)  # training windows of an epoch
+        steps = -(-(929_589 // c.data.batch_size - 1) // c.data.bptt)  # training windows of an epoch
         assert r["epoch_s"] > steps * r["train_step_ms"] / 1e3
-        assert r["protocol_hours"] == pytest.approx(15 * r["epoch_s"] / 3600)
+        assert r["protocol_hours"] == pytest.approx(c.trainer.max_epochs * r["epoch_s"] / 3600)
+
+
+def test_shapes_and_variants_come_from_the_configs():
+    for size in ("ptb_small", "ptb_medium", "ptb_large"):
+        c, s = make_cfg([f"experiment={size}"]), bench_rnn.shape_of(size)
+        assert (s.T, s.B, s.H, s.L) == (c.data.bptt, c.data.batch_size, c.model.hidden_size,
+                                        c.model.num_layers)
+    c, s = make_cfg(["experiment=speech_librispeech"]), bench_rnn.shape_of("speech")
+    assert (s.B, s.H, s.L, s.stats, s.bidirectional) == (c.data.batch_size, c.model.hidden_size,
+                                                        c.model.num_layers, c.model.stats, True)
+    assert [n for _, n, _ in bench_rnn.CANDIDATES[1:]] == list(VARIANTS)
+    assert set(bench_rnn.PTB_SIZES) == {"ptb_small", "ptb_medium", "ptb_large"}
+    assert set(bench_rnn.TABLE2_NORMS) <= set(VARIANTS)

@@ -9,10 +9,10 @@ import copy
 import pytest
 import torch
 
-from bnrnn.nn import NormLSTM, NormRNN, fused
+from bnrnn.nn import VARIANTS, NormLSTM, NormRNN, fused
 from bnrnn.nn.fused.loops import GRAPHS, make_plan
 
-NORMS = ["none", "bn_input", "bn_recurrent", "ln", "bn_sum"]
+NORMS = list(VARIANTS)
 f64 = torch.float64
 
 
