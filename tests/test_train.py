@@ -1,6 +1,5 @@
 """The trainer: resume equivalence, divergence, run-directory contents, CLI errors."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ from hydra.utils import instantiate
 
 from bnrnn import checkpoint
 from bnrnn.schedules import decay_after
-from tests.helpers import CONFIG_DIR, cli, make_cfg, strip_times, train
+from tests.helpers import cli, make_cfg, strip_times, train
 
 TINY = ["model.hidden_size=16", "data.limit_batches=4", "data.bptt=5", "data.batch_size=4",
         "quiet=true", "device=cpu", "trainer.check_every=1"]
@@ -19,11 +18,49 @@ def tiny(ptb_root):
     return ["experiment=ptb_small", f"data.root={ptb_root}", *TINY]
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")))
-def test_every_experiment_composes(experiment):
-    cfg = make_cfg([f"experiment={experiment}"])
-    assert cfg.name == experiment
-    assert cfg.trainer.max_epochs >= 1 and cfg.trainer.protocol_epochs == cfg.trainer.max_epochs
+def test_a_count_on_the_device_gives_the_same_metrics(tmp_path):
+    """A model may count its units in a tensor (speech: unpadded frames); the trainer sums it
+    without reading it back each step, and the metrics equal those of an int count."""
+    from bnrnn.contracts import StepOutput
+    from bnrnn.engine import Trainer, TrainerConfig
+
+    class Data:
+        stateful, dims = False, {}
+
+        def num_batches(self, split):
+            return 5
+
+        def batches(self, split, epoch=0):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(5):
+                yield (torch.randn(3, 2, generator=g), torch.randint(1, 7, (), generator=g))
+
+    class Model(torch.nn.Module):
+        selection = "loss"
+
+        def __init__(self, tensor_count):
+            super().__init__()
+            self.w, self.tensor_count = torch.nn.Parameter(torch.ones(())), tensor_count
+
+        def forward(self, batch, state=None):
+            x, n = batch
+            loss = (self.w * x).square().sum()
+            return StepOutput(objective=loss, loss_sum=loss.detach(),
+                              count=n if self.tensor_count else int(n))
+
+        @staticmethod
+        def metrics(totals):
+            return {"loss": totals["loss_sum"] / totals["count"], "count": totals["count"]}
+
+    results = []
+    for tensor_count in (False, True):
+        model = Model(tensor_count)
+        trainer = Trainer(model=model, data=Data(), optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                          scheduler=None, config=TrainerConfig(max_epochs=1, progress=False, check_every=2),
+                          run_dir=tmp_path, device=torch.device("cpu"), info={"git_revision": "x"})
+        out = trainer.run_epoch("train", train=True)
+        results.append({k: v for k, v in out.items() if k not in ("seconds", "tokens_per_s")})
+    assert results[0] == results[1] and isinstance(results[1]["count"], int)
 
 
 def test_ptb_protocol_values():
