@@ -1,6 +1,6 @@
 """The normalization variants, as data: which term of a recurrent layer each one normalizes.
 
-A recurrent layer computes, at every time step t (``../shared/REFERENCE.md`` §1)::
+A recurrent layer computes, at every time step t (``docs/reference.md`` §1)::
 
     a_t = N_sum( N_ih(W_x x_t)[+ b] + N_hh(W_h h_{t-1}) )      pre-activation of the G gates
     LSTM:  c_t = σ(f) c_{t-1} + σ(i) tanh(g);   h_t = σ(o) tanh(N_cell(c_t))
