@@ -78,8 +78,10 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.info = dict(info or {})
         # facts fixed for the whole run, found once (git is a subprocess)
-        self.info.setdefault("git_revision", git_revision())
-        self.info.setdefault("hardware", hardware(device))
+        if "git_revision" not in self.info:
+            self.info["git_revision"] = git_revision()
+        if "hardware" not in self.info:
+            self.info["hardware"] = hardware(device)
         self.resolved_config = resolved_config or {}
         self.epoch, self.step = 0, 0
         self.best: dict | None = None  # the metrics row of the best epoch
