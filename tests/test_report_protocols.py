@@ -200,6 +200,8 @@ def test_ablation_section_from_runs_names_missing_and_thin_cells(tmp_path):
               epochs=3)
     text = ptb.ablation_section(ptb.group_rows(load_runs(tmp_path)))
     assert "minus the paper's 119.2 = +4.40" in text
+    assert "Clip and schedule together (the text's protocol → the code's): +4.10 (93 % of the " \
+           "gap) [not yet evidence (n=3, 1)]." in text
     assert "the code's schedule at clip 10 +2.60 (59 % of the gap) [not yet evidence (n=3, 1)]" in text
     assert "then clip 10 → 5 at the code's schedule +1.50 (34 % of the gap) " \
            "[beyond the seed spread: 2σ = 1.29]" in text

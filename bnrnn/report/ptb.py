@@ -516,6 +516,9 @@ def ablation_section(rows: list[Row], size: str = "ptb_small") -> str:
                          f"{means[3]:.2f} minus the paper's {paper} = {e['gap']:+.2f}. Each step "
                          "below is the drop in best valid perplexity it brings (positive: it "
                          "closes the gap).")
+        if means[0] is not None:
+            sentences.append(f"Clip and schedule together (the text's protocol → the code's): "
+                             f"{_share(means[3] - means[0], e['gap'])}{_noise(code5, text10)}.")
         if e["schedule_at_clip10"] is not None or e["clip_at_code_schedule"] is not None:
             sentences.append(
                 f"Path 1, schedule first: the code's schedule at clip 10 "
