@@ -7,6 +7,8 @@ DATA ?=
 TORCH_CPU ?= torch==2.13.0
 SEEDS ?= 1
 PROTOCOL ?=
+# a committed run with the same name is kept and the collect step refuses, unless REPLACE=1
+COLLECT_ARGS = $(if $(REPLACE),--replace,)
 DEVICE ?= auto
 ARGS ?=
 
@@ -46,12 +48,12 @@ PTB_SWEEP_ARGS = -m +sweep=ptb seed=$(shell seq -s, 1 $(SEEDS)) device=$(DEVICE)
 
 reproduce-ptb-small: ## Table 2, small row: 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides; DATA: local copies)
 	$(PYTHON) -m bnrnn.train $(PTB_SWEEP_ARGS) experiment=ptb_small
-	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb --replace
+	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb $(COLLECT_ARGS)
 	$(MAKE) tables
 
 reproduce-ptb: ## Table 2: {small, medium, large} x 4 variants x SEEDS seeds, then the tables (ARGS: extra overrides; DATA: local copies)
 	$(PYTHON) -m bnrnn.train $(PTB_SWEEP_ARGS)
-	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb --replace
+	$(PYTHON) scripts/collect_runs.py $(PTB_SWEEP) --dest results/runs/ptb $(COLLECT_ARGS)
 	$(MAKE) tables
 
 # ---------------------------------------------------------------- appendix grid, Table 3
@@ -86,13 +88,13 @@ reproduce-grid: ## Table 3: TRIALS random-search points x {none, bn_sum} on char
 reproduce-speech-synthetic: ## Table 1 offline on CPU: eSpeak corpus, baseline vs sequence-wise BN (~1 h), then the tables
 	$(PYTHON) -m bnrnn.train -m experiment=speech_synthetic model.norm=none,bn_input $(call data_root,ptb) \
 	  device=cpu quiet=true data.progress=false hydra.sweep.dir=multirun/reproduce_speech_synthetic $(ARGS)
-	$(PYTHON) scripts/collect_runs.py multirun/reproduce_speech_synthetic --dest results/runs/speech --replace
+	$(PYTHON) scripts/collect_runs.py multirun/reproduce_speech_synthetic --dest results/runs/speech $(COLLECT_ARGS)
 	$(MAKE) tables
 
 reproduce-speech: ## Table 1 on LibriSpeech train-clean-100 + CPC labels (GPU; downloads 6.4 GB), then the tables
 	$(PYTHON) -m bnrnn.train -m experiment=speech_librispeech model.norm=none,bn_input device=$(DEVICE) \
 	  quiet=true data.progress=false hydra.sweep.dir=multirun/reproduce_speech $(ARGS)
-	$(PYTHON) scripts/collect_runs.py multirun/reproduce_speech --dest results/runs/speech --replace
+	$(PYTHON) scripts/collect_runs.py multirun/reproduce_speech --dest results/runs/speech $(COLLECT_ARGS)
 	$(MAKE) tables
 
 clean: ## remove local run outputs (never results/)

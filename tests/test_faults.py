@@ -252,6 +252,10 @@ def test_reproduce_targets_never_delete_committed_results():
     assert p.returncode == 0, p.stderr
     deletions = [line for line in p.stdout.splitlines() if "rm " in line and "results" in line]
     assert deletions == []
+    assert "--replace" not in p.stdout  # a committed run of the same name is kept (refused)
+    replace = subprocess.run(["make", "-n", "reproduce-ptb-small", "REPLACE=1"], cwd=REPO,
+                             capture_output=True, text=True).stdout
+    assert "collect_runs.py" in replace and "--replace" in replace  # only when asked
 
 
 def test_weights_only_rejects_a_pickled_object(tmp_path):

@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 MECHANICS = frozenset({
     "experiment", "name", "model.norm", "seed", "sweep", "device", "quiet", "threads", "resume",
     "logger", "data.root", "data.audio_dir", "data.download", "data.cache_dir", "data.text_cache_dir",
-    "data.workers", "data.progress", "trainer.progress", "trainer.check_every", "trainer.max_time"})
+    "data.workers", "data.progress", "trainer.progress", "trainer.check_every", "trainer.max_time",
+    "paths.cache_dir"})
 # Overrides whose effect a run's status marks (shortened, data-limited): they do not split a row.
 STATUS_MARKED = frozenset({"trainer.max_epochs", "trainer.stop_after_epochs", "data.limit_batches"})
 
