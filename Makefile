@@ -22,8 +22,9 @@ install: ## install bnrnn (editable) with its test/sweep/logging extras; keeps a
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_CPU)
 	$(PYTHON) -m pip install -e ".[all]"
 
+# one pytest worker per core (tests pin torch to one thread each, so workers do not oversubscribe)
 test: ## fast CPU test tier (what CI runs)
-	$(PYTHON) -m pytest -m "not slow and not gpu" -q
+	$(PYTHON) -m pytest -m "not slow and not gpu" -q -n auto
 
 test-all: ## every tier that can run here (slow included; GPU tests skip without CUDA)
 	$(PYTHON) -m pytest -q
