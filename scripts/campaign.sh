@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call, one campaign: train every job of JOBS_FILE side by side, each time-boxed by
+# trainer.max_time (a run that would overrun stops between epochs, is tested at its best and is
+# marked shortened), then pack the runs' small files into one archive under $OUT.
+#
+#   scripts/campaign.sh JOBS_FILE MAX_TIME_S [override ...]
+#   JOBS_FILE: one job per line, "<run name> <overrides...>"; lines starting with '#' are comments
+#   e.g. OUT=/tmp/out scripts/campaign.sh scripts/campaigns/ptb_table2.txt 480 data.root=.devdata/ptb
+#
+# Afterwards, on the machine with the repository:
+#   tar xzf runs.tgz -C /tmp/c && python scripts/collect_runs.py /tmp/c/runs --dest results/runs/ptb && make tables
+set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 JOBS_FILE MAX_TIME_S [override ...]" >&2; exit 2; }
+jobs_file=$1; max_time=$2; shift 2
+[ -f "$jobs_file" ] || { echo "campaign: no jobs file $jobs_file" >&2; exit 2; }
+out=${OUT:-campaign_out}
+work=${CAMPAIGN_DIR:-campaign}
+[ -e "$work/runs" ] && { echo "campaign: $work/runs exists; move it away or set CAMPAIGN_DIR" >&2; exit 2; }
+mkdir -p "$out" "$work/runs"
+out=$(cd "$out" && pwd)
+# several processes share one GPU far better under MPS; without it (or on CPU) they time-slice
+if [ -z "${NO_MPS:-}" ] && command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
+  nvidia-cuda-mps-control -d 2>/dev/null || true
+fi
+# a copy of the tree without .git still records the revision it ran
+export BNRNN_GIT_REVISION=${BNRNN_GIT_REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+pids=()
+while read -r name args; do
+  [[ -z "$name" || "$name" == \#* ]] && continue
+  mkdir -p "$work/runs/$(dirname "$name")"
+  # shellcheck disable=SC2086  # the job's overrides are words
+  python -m bnrnn.train $args trainer.max_time="$max_time" quiet=true "$@" \
+    hydra.run.dir="$work/runs/$name" > "$work/runs/$name.log" 2>&1 &
+  pids+=("$!")
+done < "$jobs_file"
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+# small files only (final.json, metrics.jsonl, .hydra/, the logs): never checkpoints
+(cd "$work" && find runs \( -name final.json -o -name metrics.jsonl -o -path '*/.hydra/*' -o -name '*.log' \) -print0 \
+   | tar czf "$out/runs.tgz" --null -T -)
+echo "campaign: ${#pids[@]} jobs, archive $out/runs.tgz ($(du -h "$out/runs.tgz" | cut -f1)), exit $status"
+exit $status

@@ -1,0 +1,39 @@
+"""scripts/campaign.sh: the jobs of one device call side by side, packed into one archive."""
+import json
+import os
+import subprocess
+import tarfile
+
+from tests.helpers import REPO
+
+TINY = ["data.limit_batches=3", "model.hidden_size=8", "trainer.max_epochs=1", "device=cpu", "threads=1"]
+
+
+def campaign(tmp_path, jobs: str, *overrides):
+    (tmp_path / "jobs.txt").write_text(jobs)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "CAMPAIGN_DIR": str(tmp_path / "work"),
+           "NO_MPS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([str(REPO / "scripts" / "campaign.sh"), str(tmp_path / "jobs.txt"), "600",
+                           *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_campaign_runs_jobs_side_by_side_and_packs_small_files(tmp_path, ptb_root):
+    jobs = ("# Table 2, tiny\n"
+            "small/none experiment=ptb_small model.norm=none seed=1\n"
+            "small/bn_input experiment=ptb_small model.norm=bn_input seed=2\n")
+    p = campaign(tmp_path, jobs, f"data.root={ptb_root}", *TINY)
+    assert p.returncode == 0, p.stderr + p.stdout
+    with tarfile.open(tmp_path / "out" / "runs.tgz") as tar:
+        names = set(tar.getnames())
+        finals = {n: json.load(tar.extractfile(n)) for n in names if n.endswith("final.json")}
+    assert set(finals) == {"runs/small/none/final.json", "runs/small/bn_input/final.json"}
+    assert all(f["status"] == "completed" for f in finals.values())
+    assert all("trainer.max_time=600" in f["command"] for f in finals.values())  # the safety net
+    assert not any(n.endswith(".pt") for n in names)  # checkpoints never travel back
+    assert "runs/small/none/.hydra/config.yaml" in names and "runs/small/none.log" in names
+
+
+def test_campaign_refuses_to_reuse_its_work_directory(tmp_path):
+    (tmp_path / "work" / "runs").mkdir(parents=True)
+    p = campaign(tmp_path, "a experiment=ptb_small\n")
+    assert p.returncode == 2 and "exists" in p.stderr
