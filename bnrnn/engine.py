@@ -9,7 +9,8 @@ Each epoch appends one line to ``metrics.jsonl``, saves ``checkpoints/last.pt`` 
 atomic. A run ends ``diverged`` when its loss goes non-finite, when a stretch of training steps
 averages more than ``divergence_margin`` nats above ``model.chance_loss`` (it predicts worse
 than a uniform guess), or when a final metric is not finite; SIGINT/SIGTERM end it
-``interrupted`` (:class:`Interrupted` carries the signal, so the caller can exit 130/143). ``resume_from(last.pt's state)`` continues and reproduces the uninterrupted run.
+``interrupted`` (:class:`Interrupted` carries the signal, so the caller can exit 130/143).
+``resume_from`` (given ``last.pt``'s state) continues and reproduces the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class Interrupted(RuntimeError):
     def __init__(self, message: str, signum: int | None = None):
         super().__init__(message)
         self.signum = signum
+
+    @classmethod
+    def by(cls, signum: int) -> "Interrupted":
+        return cls(f"received {signal.Signals(signum).name}", signum)
 
 
 @dataclass
@@ -289,13 +294,13 @@ class Trainer:
         finally:
             self._writing = False
         if self._pending is not None:
-            raise Interrupted(f"received {signal.Signals(self._pending).name}", self._pending)
+            raise Interrupted.by(self._pending)
 
     def _on_signal(self, signum, frame):
         if self._writing:
             self._pending = signum
             return
-        raise Interrupted(f"received {signal.Signals(signum).name}", signum)
+        raise Interrupted.by(signum)
 
     def _test_at_best(self) -> dict[str, float]:
         best = checkpoint.load(self.ckpt_dir / "best.pt", self.device)
