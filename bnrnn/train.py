@@ -122,7 +122,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     log.info("%s finished: %s, best %s", cfg.name, final["status"],
              {k: v for k, v in (final["best"] or {}).items() if k.startswith("valid")})
     if final["status"] == "interrupted" and trainer.signum is not None:
-        raise Interrupted(final["error"], trainer.signum)
+        raise Interrupted.by(trainer.signum)
     if final["status"] == "diverged" or final["best"] is None:
         return float("inf")
     return float(final["best"][final["selection"]])
