@@ -152,7 +152,19 @@ class Group:
     nullable: bool = False  # null stands for the class's default (e.g. data.split_md5)
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """configs/ beside the package in a clone (or editable install); inside it (bnrnn/configs)
+    in an installed wheel, where setup.py puts it."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "configs", package / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"bnrnn: no Hydra configs beside or inside {package}; reinstall "
+                            f"bnrnn (pip install .) or run from a clone of the repository")
+
+
+CONFIG_DIR = _config_dir()
 # Hydra's instantiate keys, not the target's arguments
 META = ("_target_", "_convert_", "_recursive_", "_partial_")
 

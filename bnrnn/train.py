@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnrnn import rundir
 from bnrnn.checkpoint import CheckpointError
+from bnrnn.config import CONFIG_DIR as _CONFIG_DIR
 from bnrnn.config import ConfigError, validate, validate_data
 from bnrnn.engine import Interrupted, Trainer, TrainerConfig
 from bnrnn.io import git_revision, write_json
@@ -142,8 +143,8 @@ def _record_failure(run_dir: Path, trainer: Trainer | None, info: dict, error: E
         log.error("could not record the failure in %s/final.json: %s", run_dir, e)
 
 
-# configs/ sits beside the package (editable install); an absolute path works for `python -m` too.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# an absolute path, so `python -m bnrnn.train` works from any directory
+CONFIG_DIR = str(_CONFIG_DIR)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
