@@ -234,6 +234,8 @@ DATA = {
         "pitch": pair(integer(0, 100)),
         "pitch_range": pair(integer(0, 100)),
         "min_words": POSITIVE,
+        "workers": optional(POSITIVE),  # null: one process per available core
+        "library": one_of("auto", "bundled", "system"),
     }),
     "bnrnn.data.speech.librispeech.LibriSpeechData": Group({
         **_SPEECH,

@@ -90,6 +90,53 @@ def test_text_normalisation_and_plan():
     assert all(150 <= u["rate"] <= 160 and u["pitch"] == 40 for u in plan)
 
 
+def test_stress_marks_are_not_classes():
+    # espeak-ng 1.52 writes eSpeak's stress marks in front of a stressed vowel; 1.51 does not
+    for bare in ("V", "aI3", "i@3", "E"):
+        assert class_of("'" + bare) == class_of("," + bare) == class_of(bare) > 0
+    assert class_of("_:") == 0
+    with pytest.raises(DataError, match="not in bnrnn's inventory"):
+        class_of("'Q")
+
+
+def _library_or_skip(which):
+    try:
+        return espeak.load_library(which)[1]
+    except DataError as e:
+        pytest.skip(f"no {which} libespeak-ng here: {e}")
+
+
+@pytest.mark.parametrize("which", ["bundled", "system"])
+def test_each_library_speaks_within_the_inventory(which, ptb_root, tmp_path):
+    """Both libraries build a corpus whose every event is a class, keyed by their versions."""
+    found = _library_or_skip(which)
+    assert found.source == which
+    data = SyntheticSpeechData(**corpus_options(ptb_root, tmp_path) | {"library": which, "workers": 1,
+                                                                       "utterances": {"train": 2}})
+    manifest = json.loads((data.directory / "manifest.json").read_text())
+    assert manifest["config"]["espeak"] == espeak.library_version(which)
+    labels = data.splits["train"].labels
+    assert labels.min() >= 0 and labels.max() < len(PHONEME_CLASSES) and (labels > 0).float().mean() > 0.5
+
+
+def test_bundled_library_missing_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wheel(name, *args, **kwargs):
+        if name == "espeakng_loader":
+            raise ImportError("No module named 'espeakng_loader'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wheel)
+    with pytest.raises(DataError, match=r"pip install espeakng-loader"):
+        espeak.find_library("bundled")
+    assert espeak.find_library("auto").source == "system"
+    with pytest.raises(ValueError, match="must be one of auto, bundled, system; got 'apt'"):
+        espeak.find_library("apt")
+
+
 def test_missing_libespeak_says_how_to_install(monkeypatch, ptb_root, tmp_path):
     monkeypatch.setattr(espeak.ctypes.util, "find_library", lambda name: None)
 

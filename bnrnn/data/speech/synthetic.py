@@ -18,6 +18,7 @@ drawn from the same generator, and clitics (``'s``, ``n't``) are joined to their
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +75,14 @@ def make_plan(lines: list[str], count: int, rng: np.random.Generator, *, min_wor
     return plan
 
 
-def synthesize_shard(plan: list[dict], out_path: str) -> dict:
-    """Worker (one fresh process per shard): speak every utterance of ``plan``, compute its
-    features and frame labels, write the shard. Returns the manifest entry."""
+def synthesize_shard(job: tuple[str, list[dict]], out_path: str) -> dict:
+    """Worker (one fresh process per shard): with the libespeak-ng that ``job = (library,
+    plan)`` names, speak every utterance of ``plan``, compute its features and frame labels,
+    write the shard. Returns the manifest entry."""
     from bnrnn.data.speech.shards import write_shard
 
-    tts = espeak.ESpeak()
+    library, plan = job
+    tts = espeak.ESpeak(library)
     ids, feats, labels, seconds = [], [], [], 0.0
     for utt in plan:
         tts.set_voice(utt["voice"], utt["variant"], utt["rate"], utt["pitch"], utt["pitch_range"])
@@ -106,7 +109,9 @@ class SyntheticSpeechData(SpeechData):
         cache_dir: where the generated corpus goes (``data.cache_dir``).
         utterances: utterances per split, e.g. ``{"train": 2000, "dev": 200, "test": 200}``.
         shard_size: utterances per shard (one worker process each).
-        workers: parallel worker processes while generating.
+        workers: parallel worker processes while generating; None: one per available core.
+        library: which libespeak-ng speaks (``espeak.LIBRARIES``): ``bundled`` (the pinned
+            espeakng-loader wheel), ``system``, or ``auto`` (the wheel where installed).
         seed: seeds the plan (sentences, voices, rates, pitches) — and with it the corpus.
         voices, variants: eSpeak voices and variants to draw from (default: all of
             :data:`~bnrnn.data.speech.espeak.VOICES` and ``VARIANTS``).
@@ -120,7 +125,8 @@ class SyntheticSpeechData(SpeechData):
 
     def __init__(self, root: str | None = None, cache_dir: str = "~/.cache/bnrnn/synthetic_speech",
                  text_cache_dir: str = "~/.cache/bnrnn/ptb",
-                 utterances: dict[str, int] | None = None, shard_size: int = 100, workers: int = 1,
+                 utterances: dict[str, int] | None = None, shard_size: int = 100, workers: int | None = 1,
+                 library: str = "auto",
                  seed: int = 0, voices: list[str] | None = None, variants: list[str] | None = None,
                  rate: tuple[int, int] = (130, 210), pitch: tuple[int, int] = (30, 70),
                  pitch_range: tuple[int, int] = (30, 70), min_words: int = 3, download: bool = True,
@@ -137,7 +143,9 @@ class SyntheticSpeechData(SpeechData):
         for lo_hi, name in ((rate, "rate"), (pitch, "pitch"), (pitch_range, "pitch_range")):
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
                 raise ValueError(f"SyntheticSpeechData: {name} must be [min, max]; got {list(lo_hi)}")
-        espeak.load_library()  # fail early, with the install hint, if libespeak-ng is missing
+        _, found = espeak.load_library(library)  # fail early, with the install hint, if it is missing
+        if workers is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
         texts = {}
         for split in utterances:
@@ -158,7 +166,7 @@ class SyntheticSpeechData(SpeechData):
             "pitch_range": list(pitch_range),
             "min_words": min_words,
             "text_md5": {s: md5 for s, (md5, _) in texts.items()},
-            "espeak": espeak.library_version(),
+            "espeak": espeak.library_version(library),
             "classes": list(espeak.PHONEME_CLASSES),
             "features": FEATURE_CONFIG,
         }
@@ -170,13 +178,14 @@ class SyntheticSpeechData(SpeechData):
                                      pitch=tuple(pitch), pitch_range=tuple(pitch_range),
                                      prefix=split)
             for i in range(0, len(plans[split]), shard_size):
-                jobs.append(ShardJob(split, i // shard_size, plans[split][i:i + shard_size]))
+                jobs.append(ShardJob(split, i // shard_size, (library, plans[split][i:i + shard_size])))
         self.directory = Path(cache_dir).expanduser() / f"synthetic-{cache_key(config)}"
         self.manifest = build(self.directory, config, jobs, synthesize_shard, workers=workers,
                               desc=f"synthesizing speech into {self.directory}",
                               extra={"plan": plans}, progress=progress)
         hours = sum(s.get("seconds", 0) for s in self.manifest["shards"]) / 3600
-        log.info("synthetic speech corpus %s: %.2f h of audio", self.directory, hours)
+        log.info("synthetic speech corpus %s: %.2f h of audio, libespeak-ng %s (%s)", self.directory,
+                 hours, config["espeak"], found.source)
         super().__init__(load_splits(self.directory, self.manifest),
                          num_classes=len(espeak.PHONEME_CLASSES), batch_size=batch_size,
                          eval_batch_size=eval_batch_size, max_frames=max_frames, seed=batch_seed,
