@@ -211,6 +211,16 @@ PROTOCOL = Group({
 # configs/paths: the locations the data configs' directories are built from
 PATHS = Group({"cache_dir": string()}, required=("cache_dir",))
 
+# An experiment's published protocol (``paper:``): the values a run must have to be that protocol,
+# by dotted key, and what no config value can say (a substitute corpus). A run whose resolved
+# configuration differs from ``values`` is *scaled*, and its final.json lists each difference.
+PAPER = Group({
+    "source": string(),
+    "values": Rule("a mapping of dotted configuration keys to the paper's values",
+                   lambda v: isinstance(v, Mapping) and bool(v) and all(isinstance(k, str) for k in v)),
+    "substitutes": optional(list_of(string())),
+}, required=("source", "values"))
+
 _LOCAL = {"root": optional(string()), "cache_dir": string(), "download": BOOL}
 _BATCHES = {"batch_size": POSITIVE, "eval_batch_size": POSITIVE, "limit_batches": optional(POSITIVE)}
 _SPEECH = {**_LOCAL, **_BATCHES, "shard_size": POSITIVE, "workers": POSITIVE,
@@ -422,11 +432,36 @@ def _check_cross(c: dict) -> None:
         raise ConfigError("optim.nesterov", "needs optim.momentum > 0 and optim.dampening=0", True)
 
 
+_MISSING = object()
+
+
+def _lookup(c: Mapping, dotted: str) -> Any:
+    node: Any = c
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def deviations(c: Mapping) -> list[str]:
+    """How a resolved configuration departs from its experiment's ``paper:`` values, one line per
+    key (``model.hidden_size = 128 (protocol: 250)``); empty without ``paper:`` or when it matches.
+    Numbers compare by value (1e-4 == 0.0001), lists element by element."""
+    paper = c.get("paper") or {}
+    found = []
+    for key, want in (paper.get("values") or {}).items():
+        have = _lookup(c, key)
+        if have != want:
+            found.append(f"{key} = {have!r} (protocol: {want!r})")
+    return found
+
+
 def validate(cfg: DictConfig | Mapping) -> dict:
     """Check every key of the composed configuration; returns the resolved configuration.
     Raises :class:`ConfigError` (one line: key, value, what is allowed) at the first bad key."""
     c = _resolve(cfg)
-    groups = {*GROUPS, "trainer", "protocol", "paths"}
+    groups = {*GROUPS, "trainer", "protocol", "paths", "paper"}
     for key, value in c.items():
         if key in groups:
             continue
@@ -449,6 +484,12 @@ def validate(cfg: DictConfig | Mapping) -> dict:
         raise ConfigError("trainer", "must be set; trainer=default")
     _check_group(c["trainer"], TRAINER, "trainer")
     _check_cross(c)
+    if c.get("paper") is not None:  # last: a missing key itself is named by its own group first
+        _check_group(c["paper"], PAPER, "paper")
+        for key in c["paper"]["values"]:
+            if _lookup(c, key) is _MISSING:
+                raise ConfigError(f"paper.values.{key}", "names no key of the configuration; "
+                                  "use the dotted path of the value it pins (e.g. optim.lr)", key)
     return c
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnrnn import rundir
 from bnrnn.checkpoint import CheckpointError
 from bnrnn.config import CONFIG_DIR as _CONFIG_DIR
-from bnrnn.config import ConfigError, validate, validate_data
+from bnrnn.config import ConfigError, deviations, validate, validate_data
 from bnrnn.engine import Interrupted, Trainer, TrainerConfig
 from bnrnn.io import git_revision, write_json
 
@@ -83,11 +83,16 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
         "norm": cfg.model.get("norm"),
         "protocol": (cfg.get("protocol") or {}).get("name"),  # PTB: configs/protocol/
         "limit_batches": cfg.data.get("limit_batches"),
+        # the published protocol (the experiment's paper:) and each way this run departs from it
+        "paper": (cfg.get("paper") or {}).get("source"),
+        "deviations": deviations(resolved),
+        "substitutes": list((cfg.get("paper") or {}).get("substitutes") or []),
         # the job's own overrides: a multirun's argv holds the sweep lists, not this job's values
         "command": " ".join(["python -m bnrnn.train", *overrides]),
         "overrides": overrides,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    info["scaled"] = bool(info["deviations"])
     # the code the run starts with (a checkout may move on while a long run trains); a copy of
     # the tree without .git (e.g. a lent GPU machine) is told its revision by BNRNN_GIT_REVISION
     info["git_revision"] = git_revision()

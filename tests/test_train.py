@@ -182,3 +182,26 @@ def test_wandb_logger_offline_and_resumable(tiny, tmp_path, monkeypatch):
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     train([*tiny, "logger=wandb", "trainer.max_epochs=2", "resume=true"], tmp_path)
     assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id  # the same wandb run continues
+
+
+
+PAPER = ["+paper.source=test protocol", "+paper.values={optim.lr: 1, model.hidden_size: 8}",
+         "+paper.substitutes=[corpus: a fixture]"]
+
+
+def test_a_run_off_its_published_protocol_is_marked_scaled(tiny, tmp_path):
+    """An experiment's paper: values are compared with the run's resolved configuration; every
+    difference is listed in final.json and makes the run scaled."""
+    _, final, _ = train([*tiny, "model.hidden_size=6", *PAPER], tmp_path)
+    assert final["paper"] == "test protocol" and final["scaled"] is True
+    assert final["deviations"] == ["model.hidden_size = 6 (protocol: 8)"]
+    assert final["substitutes"] == ["corpus: a fixture"]
+
+
+def test_equal_values_are_no_deviation_and_a_paper_value_must_name_a_key(tiny):
+    from bnrnn.config import ConfigError, deviations, validate
+
+    # 1.0 for 1: the same number written another way
+    assert deviations(validate(make_cfg([*tiny, "model.hidden_size=8", "optim.lr=1.0", *PAPER]))) == []
+    with pytest.raises(ConfigError, match=r"paper\.values\.model\.hiden_size.*names no key"):
+        validate(make_cfg([*tiny, "+paper.source=x", "+paper.values={model.hiden_size: 8}"]))
