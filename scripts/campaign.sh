@@ -4,7 +4,9 @@
 # marked shortened), then pack the runs' small files into one archive under $OUT.
 #
 #   scripts/campaign.sh JOBS_FILE MAX_TIME_S [override ...]
-#   JOBS_FILE: one job per line, "<run name> <overrides...>"; lines starting with '#' are comments
+#   JOBS_FILE: one job per line, "<run name> <overrides...>"; lines starting with '#' are comments;
+#   a line "!prepare <overrides...>" builds that data once (scripts/prepare_data.py) before any
+#   job starts, so jobs that share a corpus do not all build it at once
 #   e.g. OUT=/tmp/out scripts/campaign.sh scripts/campaigns/ptb_table2.txt 480 data.root=.devdata/ptb
 #
 # Afterwards, on the machine with the repository:
@@ -24,8 +26,14 @@ if [ -z "${NO_MPS:-}" ] && command -v nvidia-cuda-mps-control >/dev/null 2>&1; t
 fi
 # a copy of the tree without .git still records the revision it ran
 export BNRNN_GIT_REVISION=${BNRNN_GIT_REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+while read -r name args; do
+  [[ "$name" == "!prepare" ]] || continue
+  # shellcheck disable=SC2086  # the overrides are words
+  python scripts/prepare_data.py $args "$@" || { echo "campaign: preparing data failed: $args" >&2; exit 1; }
+done < "$jobs_file"
 pids=()
 while read -r name args; do
+  [[ "$name" == "!prepare" ]] && continue
   [[ -z "$name" || "$name" == \#* ]] && continue
   mkdir -p "$work/runs/$(dirname "$name")"
   # shellcheck disable=SC2086  # the job's overrides are words

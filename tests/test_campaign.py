@@ -19,6 +19,7 @@ def campaign(tmp_path, jobs: str, *overrides):
 
 def test_campaign_runs_jobs_side_by_side_and_packs_small_files(tmp_path, ptb_root):
     jobs = ("# Table 2, tiny\n"
+            "!prepare experiment=ptb_small\n"
             "small/none experiment=ptb_small model.norm=none seed=1\n"
             "small/bn_input experiment=ptb_small model.norm=bn_input seed=2\n")
     p = campaign(tmp_path, jobs, f"data.root={ptb_root}", *TINY)
@@ -31,6 +32,14 @@ def test_campaign_runs_jobs_side_by_side_and_packs_small_files(tmp_path, ptb_roo
     assert all("trainer.max_time=600" in f["command"] for f in finals.values())  # the safety net
     assert not any(n.endswith(".pt") for n in names)  # checkpoints never travel back
     assert "runs/small/none/.hydra/config.yaml" in names and "runs/small/none.log" in names
+    assert "prepare_data: bnrnn.data.ptb.PTBWordData ready" in p.stdout  # built once, first
+
+
+def test_campaign_stops_before_any_job_when_preparing_fails(tmp_path, ptb_root):
+    p = campaign(tmp_path, "!prepare experiment=ptb_small data.bptt=0\nsmall/none experiment=ptb_small\n",
+                 f"data.root={ptb_root}", *TINY)
+    assert p.returncode == 1 and "data.bptt" in p.stderr and "preparing data failed" in p.stderr
+    assert not any((tmp_path / "work" / "runs").iterdir())
 
 
 def test_campaign_refuses_to_reuse_its_work_directory(tmp_path):
