@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from bnrnn.report import table
@@ -123,11 +122,8 @@ VALUE = {
 }
 
 
-@dataclass
 class Row(table.Row):
     """One line of the PTB table; its experiment name is the size."""
-
-    protocol: str = DEFAULT_PROTOCOL
 
     variant_names = VARIANT_NAMES
     metrics = VALUE
@@ -141,16 +137,8 @@ class Row(table.Row):
 def group_rows(runs: list[Run]) -> list[Row]:
     """Complete runs grouped by (size, protocol, variant, extra overrides); every other run on
     its own; ordered by size, protocol, variant."""
-    rows: list[Row] = []
-    for protocol in sorted({protocol_of(r) for r in runs}, key=lambda p: ordered(PROTOCOLS, p)):
-        part = [r for r in runs if protocol_of(r) == protocol]
-        for row in table.group_rows(part, Row, SIZES, VARIANTS,
-                                    extra=lambda r: extra_overrides(r, PTB_NEUTRAL)):
-            row.protocol = protocol
-            rows.append(row)
-    return sorted(rows, key=lambda r: (ordered(SIZES, r.name), ordered(PROTOCOLS, r.protocol),
-                                       ordered(VARIANTS, r.norm), r.extra, not r.complete,
-                                       r.status, r.runs[0].seed or 0, str(r.runs[0].path)))
+    return table.group_rows(runs, Row, SIZES, VARIANTS, lambda r: extra_overrides(r, PTB_NEUTRAL),
+                            protocol_of, PROTOCOLS)
 
 
 def _diff(ours: float | None, paper: float | None) -> str:

@@ -119,6 +119,7 @@ class Row:
     extra: str  # the overrides that change what the runs measure, e.g. "data.batch_size=20"
     runs: list[Run]
     complete: bool
+    protocol: str = ""  # how the runs were made, where a family distinguishes protocols
 
     variant_names: ClassVar[dict[str, str]] = {}
     metrics: ClassVar[dict[str, Callable[[Run], float | None]]] = {}
@@ -163,37 +164,41 @@ class Row:
 
 
 def group_rows(runs: list[Run], row_class: type[Row], names: tuple[str, ...],
-               variants: tuple[str, ...],
-               extra: Callable[[Run], list[str]] = extra_overrides) -> list[Row]:
-    """Complete runs grouped by (experiment, variant, extra overrides), every other run on its
-    own; ordered by ``names``, then ``variants``, complete rows before the others. ``extra``
-    gives a run's overrides that split a row (a family that records a setting elsewhere, such
-    as PTB's protocol, leaves it out here)."""
-    groups: dict[tuple[str, str, str], list[Run]] = {}
+               variants: tuple[str, ...], extra: Callable[[Run], list[str]] = extra_overrides,
+               protocol: Callable[[Run], str] | None = None,
+               protocols: tuple[str, ...] = ()) -> list[Row]:
+    """Complete runs grouped by (experiment, protocol, variant, extra overrides), every other
+    run on its own; ordered by ``names``, ``protocols``, ``variants``, complete rows first.
+    ``extra`` gives a run's overrides that split a row (a family that records a setting
+    elsewhere, such as PTB's protocol, leaves it out here); ``protocol`` names a run's protocol
+    (none: every row's is "")."""
+    groups: dict[tuple[str, str, str, str], list[Run]] = {}
     rows: list[Row] = []
     for run in runs:
-        key = (str(run.name), str(run.norm), " ".join(extra(run)))
+        key = (str(run.name), str(run.norm), " ".join(extra(run)), protocol(run) if protocol else "")
         if run.complete:
             groups.setdefault(key, []).append(run)
         else:
-            rows.append(row_class(*key, [run], complete=False))
-    rows += [row_class(*key, sorted(rs, key=lambda r: (r.seed or 0, str(r.path))), complete=True)
+            rows.append(row_class(*key[:3], [run], False, key[3]))
+    rows += [row_class(*key[:3], sorted(rs, key=lambda r: (r.seed or 0, str(r.path))), True, key[3])
              for key, rs in groups.items()]
-    return sorted(rows, key=lambda r: (ordered(names, r.name), ordered(variants, r.norm), r.extra,
-                                       not r.complete, r.status, r.runs[0].seed or 0,
-                                       str(r.runs[0].path)))
+    return sorted(rows, key=lambda r: (ordered(names, r.name), ordered(protocols, r.protocol),
+                                       ordered(variants, r.norm), r.extra, not r.complete,
+                                       r.status, r.runs[0].seed or 0, str(r.runs[0].path)))
 
 
-def hardware(row) -> str:
-    return "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))
+def hardware(row) -> str | None:
+    """The row's hardware, each kind once (None for a row without runs)."""
+    return "; ".join(sorted({r.hardware or "unknown" for r in row.runs})) or None
 
 
 # The columns every table of Rows starts from.
 VARIANT = column("variant", lambda r: r.variant, norm=lambda r: r.norm, overrides=lambda r: r.extra)
 STATUS = column("status", lambda r: r.status, status=lambda r: r.status)
-SEEDS = column("seeds", lambda r: ", ".join(str(run.seed) for run in r.runs),
+SEEDS = column("seeds", lambda r: ", ".join(str(run.seed) for run in r.runs) or DASH,
                n_runs=lambda r: len(r.runs), seeds=lambda r: " ".join(str(run.seed) for run in r.runs))
-EPOCHS = column("epochs", lambda r: f"{r.runs[0].epochs_completed}/{r.runs[0].protocol_epochs or '?'}",
-                epochs_completed=lambda r: r.runs[0].epochs_completed,
-                protocol_epochs=lambda r: r.runs[0].protocol_epochs)
-HARDWARE = column("hardware", hardware, hardware=hardware)
+EPOCHS = column("epochs", lambda r: f"{r.runs[0].epochs_completed}/{r.runs[0].protocol_epochs or '?'}"
+                if r.runs else DASH,
+                epochs_completed=lambda r: r.runs[0].epochs_completed if r.runs else None,
+                protocol_epochs=lambda r: r.runs[0].protocol_epochs if r.runs else None)
+HARDWARE = column("hardware", lambda r: hardware(r) or DASH, hardware=hardware)
