@@ -66,6 +66,7 @@ def test_no_runs_yet_gives_not_yet_run_rows_beside_the_paper(tmp_path):
         assert row["status"] == "not yet run" and row["Cooijmans et al. test bpc"] == paper
         assert row["test bpc (whole split)"] == "—" and row["Δ test vs paper"] == "—"
     assert "No run has recorded `test_bpc_by_length` yet." in md and "No run yet." in md
+    assert "char_ptb_curves" not in md
     assert "departs from the paper's protocol in: nothing." in md  # the config as composed
     assert "from 0 run directories" in md
     with open(written[1]) as f:
@@ -85,7 +86,12 @@ def test_runs_are_averaged_marked_and_set_beside_the_paper(tmp_path):
     write_run(runs, "bn_recurrent", 2, status="interrupted", epochs=7)
     write_run(runs, "none", 3, overrides=("data.batch_size=32",), batch_size=32)
     out = tmp_path / "out"
-    md = char_ptb.build(runs, out, "cmd")[0].read_text()
+    written = char_ptb.build(runs, out, "cmd")
+    assert [p.name for p in written] == ["char_ptb.md", "char_ptb.csv", "char_ptb_curves.png",
+                                         "char_ptb_curves.pdf"]
+    assert written[2].read_bytes()[:4] == b"\x89PNG" and written[3].read_bytes()[:4] == b"%PDF"
+    md = written[0].read_text()
+    assert "](char_ptb_curves.png)" in md
 
     base = cells(md, "LSTM (baseline)")
     assert base["status"] == "complete" and base["seeds"] == "1, 2" and base["epochs"] == "50/50"

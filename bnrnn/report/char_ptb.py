@@ -10,7 +10,8 @@
 - test bpc against the evaluation length (final.json ``test_bpc_by_length``: {"50": bpc, ...,
   "whole": bpc});
 - every run with its hardware, date, git revision and exact command, and every setting in which
-  a run or the experiment's config departs from the paper's protocol.
+  a run or the experiment's config departs from the paper's protocol;
+- ``char_ptb_curves.png`` + ``.pdf`` once there are runs: train and valid bpc per epoch.
 
 Runs that completed the 50 epochs are averaged over seeds; every other run has a row of its own,
 marked in the status column.
@@ -21,7 +22,7 @@ import functools
 from pathlib import Path
 
 from bnrnn.report import table
-from bnrnn.report.format import DASH, ordered, provenance, write_table
+from bnrnn.report.format import DASH, curves_figure, ordered, provenance, write_table
 from bnrnn.report.runs import MECHANICS, STATUS_MARKED, Run, RunError, extra_overrides, load_runs
 from bnrnn.report.table import (EPOCHS, HARDWARE, SEEDS, STATUS, VARIANT, Table, column, metric,
                                 shown)
@@ -29,6 +30,7 @@ from bnrnn.report.table import (EPOCHS, HARDWARE, SEEDS, STATUS, VARIANT, Table,
 NAME = "cooijmans_char_ptb"  # the experiment whose runs this family reads
 VARIANTS = ("none", "bn_recurrent")
 VARIANT_NAMES = {"none": "LSTM (baseline)", "bn_recurrent": "BN-LSTM (Cooijmans)"}
+COLOURS = {"none": "#1f77b4", "bn_recurrent": "#2ca02c"}  # as in results/ptb_curves.png
 
 # Cooijmans et al. 2016, "Recurrent Batch Normalization" (arXiv:1603.09025), §5.2, the Penn
 # Treebank table: test bits per character (docs/reference.md §4).
@@ -197,8 +199,18 @@ def findings(rows: list[Row]) -> str:
     return " ".join(sentences)
 
 
+def plot_curves(rows: list[Row], base: Path) -> list[Path]:
+    """Train (dotted) and valid (solid) bpc per epoch on sequences of 100, one colour per
+    variant, rows that are not complete faint; the mean curve over seeds."""
+    return curves_figure([("character-level PTB", rows)], ("train_bpc", "valid_bpc"), base=base,
+                         colour=lambda row: COLOURS.get(row.norm, "#7f7f7f"), panel_width=6.0,
+                         ylabel="bits per character (train dotted, valid solid)",
+                         log_subs=(1.0, 1.2, 1.4, 1.6, 1.8))
+
+
 def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
-    """Write ``out_dir/char_ptb.{md,csv}`` from the runs under ``runs_root`` (none is fine)."""
+    """Write ``out_dir/char_ptb.{md,csv}`` (and the curves once there are runs) from the runs
+    under ``runs_root`` (none is fine)."""
     runs = load_runs(runs_root)
     foreign = [str(r.path) for r in runs if r.name != NAME or r.norm is None]
     if foreign:
@@ -248,10 +260,13 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         "",
         RUNS.markdown(sorted(runs, key=lambda r: (ordered(VARIANTS, r.norm), r.seed or 0,
                                                   str(r.path)))),
+        *(["![Train (dotted) and valid (solid) bpc per epoch](char_ptb_curves.png)", ""]
+          if runs else []),
         "## Provenance",
         "",
         provenance(runs, command),
     ])
     base = Path(out_dir) / "char_ptb"
     write_table(base, md, CSV.records(rows))
-    return [base.with_suffix(".md"), base.with_suffix(".csv")]
+    figures = plot_curves([r for r in rows if r.runs], base.with_name("char_ptb_curves")) if runs else []
+    return [base.with_suffix(".md"), base.with_suffix(".csv"), *figures]
