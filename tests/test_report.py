@@ -141,6 +141,8 @@ def test_one_table_spec_gives_the_markdown_and_the_csv():
     clash = Table((name, column(None, None, name=lambda r: "other")))
     with pytest.raises(ValueError, match="'name' is declared twice"):
         clash.records(rows)
+    with pytest.raises(ValueError, match=r"\['x'\] have a header but no cell"):
+        Table((column("x", None, x=lambda r: 1),))
 
 
 def test_provenance_comes_from_the_runs(tmp_path):

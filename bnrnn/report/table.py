@@ -76,6 +76,12 @@ class Table:
     where: Callable[[Any], bool] | None = None
     empty: str | None = None
 
+    def __post_init__(self):
+        mute = [c.header for c in self.columns if c.header is not None and c.cell is None]
+        if mute:
+            raise ValueError(f"Table: column(s) {mute} have a header but no cell; give each a "
+                             "cell(row) -> str, or no header for a CSV-only column")
+
     def select(self, rows: list) -> list:
         return [r for r in rows if self.where is None or self.where(r)]
 
@@ -94,7 +100,7 @@ class Table:
             for c in self.columns:
                 for name, value in c.fields:
                     v = value(row)
-                    if name in record and record[name] != v:
+                    if name in record and record[name] is not v and record[name] != v:
                         raise ValueError(f"CSV field {name!r} is declared twice with different "
                                          f"values ({record[name]!r}, {v!r}); rename one")
                     record[name] = v
