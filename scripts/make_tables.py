@@ -2,8 +2,8 @@
 
     python scripts/make_tables.py            # what `make tables` runs
 
-For each ``results/runs/<family>/`` that has a module ``bnrnn/report/<family>.py``, calls its
-``build(runs_root, out_dir, command)`` and prints the files it wrote. Reads run directories
+For each ``results/runs/<family>/`` whose module ``bnrnn/report/<family>.py`` defines
+``build(runs_root, out_dir, command)``, calls it and prints the files it wrote. Reads run directories
 only; the same runs give byte-identical files.
 """
 from __future__ import annotations
@@ -19,17 +19,19 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from bnrnn.report.runs import RunError  # noqa: E402
 
-NOT_FAMILIES = {"runs", "format"}  # bnrnn/report modules that are not experiment families
+def is_family(name: str) -> bool:
+    """Whether ``bnrnn/report/<name>.py`` is an experiment family's report: it defines ``build``
+    (the package's helper modules, ``runs``, ``table``, ``format``, do not)."""
+    if not name.isidentifier() or importlib.util.find_spec(f"bnrnn.report.{name}") is None:
+        return False
+    return callable(getattr(importlib.import_module(f"bnrnn.report.{name}"), "build", None))
 
 
 def families(runs_dir: Path) -> tuple[list[str], list[str]]:
     """(families with a report module, folders without one) under ``runs_dir``."""
     found, unknown = [], []
     for sub in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        name = sub.name
-        ok = (name.isidentifier() and name not in NOT_FAMILIES
-              and importlib.util.find_spec(f"bnrnn.report.{name}") is not None)
-        (found if ok else unknown).append(name)
+        (found if is_family(sub.name) else unknown).append(sub.name)
     return found, unknown
 
 

@@ -14,6 +14,7 @@ from bnrnn.io import write_json, write_jsonl, write_text
 from bnrnn.report import ptb
 from bnrnn.report.format import fmt, fmt_mean_std, markdown_table, provenance, write_table
 from bnrnn.report.runs import RunError, load_runs
+from bnrnn.report.table import Table, column, joined, shown
 from tests.helpers import REPO, train
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -114,6 +115,34 @@ def test_format_helpers(tmp_path):
     write_table(tmp_path / "t", "# T", [{"a": 1, "b": None}, {"a": 0.5, "c": "x,y"}])
     assert (tmp_path / "t.md").read_text() == "# T\n"
     assert (tmp_path / "t.csv").read_text() == 'a,b,c\n1,,\n0.5,,"x,y"\n'
+
+
+def test_one_table_spec_gives_the_markdown_and_the_csv():
+    rows = [{"name": "a", "x": 1.0, "y": None}, {"name": "b|c", "x": 2.5, "y": 4.0}]
+    name = column("name", lambda r: r["name"], name=lambda r: r["name"])
+    spec = Table((
+        name,
+        shown("x", "x_value", lambda r: r["x"], lambda v: f"{v:.1f}"),
+        joined("x / y", shown(None, "x", lambda r: r["x"]), shown(None, "y", lambda r: r["y"]),
+               when=lambda r: r["y"] is not None),
+        column(None, None, twice=lambda r: 2 * r["x"]),  # CSV only
+        column("note", lambda r: "md only"),
+    ))
+    assert spec.markdown(rows) == ("| name | x | x / y | note |\n|---|---|---|---|\n"
+                                   "| a | 1.0 | — | md only |\n| b\\|c | 2.5 | 2.5 / 4.0 | md only |\n")
+    assert spec.records(rows) == [{"name": "a", "x_value": 1.0, "x": 1.0, "y": None, "twice": 2.0},
+                                  {"name": "b|c", "x_value": 2.5, "x": 2.5, "y": 4.0, "twice": 5.0}]
+    picked = Table(spec.columns, where=lambda r: r["y"] is not None, empty="none yet\n")
+    assert [r["name"] for r in picked.records(rows)] == ["b|c"]
+    assert picked.markdown(rows[:1]) == "none yet\n"
+    # a second table's shared columns keep their place; its own fields follow
+    more = Table((name, column("z", lambda r: "", z=lambda r: -r["x"])))
+    assert list((spec + more).records(rows)[0]) == ["name", "x_value", "x", "y", "twice", "z"]
+    clash = Table((name, column(None, None, name=lambda r: "other")))
+    with pytest.raises(ValueError, match="'name' is declared twice"):
+        clash.records(rows)
+    with pytest.raises(ValueError, match=r"\['x'\] have a header but no cell"):
+        Table((column("x", None, x=lambda r: 1),))
 
 
 def test_provenance_comes_from_the_runs(tmp_path):
@@ -221,12 +250,14 @@ def test_make_tables_regenerates_byte_identical_files(tmp_path):
             write_run(runs, name=size, norm=norm, seed=1)
     write_run(runs, name="ptb_medium", norm="bn_recurrent", status="interrupted", protocol=40)
     (tmp_path / "runs" / "nofamily").mkdir()
+    (tmp_path / "runs" / "table").mkdir()  # a helper module of bnrnn/report, not a family
     cmd = [sys.executable, str(REPO / "scripts" / "make_tables.py"),
            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path)
     names = ["ptb.md", "ptb.csv", "ptb_curves.png", "ptb_curves.pdf"]
     assert first.stdout.split() == [str(tmp_path / "out" / n) for n in names]
     assert "skipping" in first.stderr and "nofamily" in first.stderr
+    assert f"skipping {tmp_path / 'runs' / 'table'}" in first.stderr
     before = {n: (tmp_path / "out" / n).read_bytes() for n in names}
     subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert {n: (tmp_path / "out" / n).read_bytes() for n in names} == before

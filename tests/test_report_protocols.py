@@ -90,13 +90,13 @@ def test_rows_are_grouped_by_protocol_and_extra_overrides(tmp_path):
         (None, None)
 
     table = list(rows.values())
-    by = {(r["protocol"], r["overrides"]): r for r in ptb.csv_rows(table)}
+    by = {(r["protocol"], r["overrides"]): r for r in ptb.CSV.records(table)}
     assert by[("laurent_code", "")]["best_valid_ppl_mean"] == pytest.approx(120.0)
     assert by[("laurent_code", "")]["best_valid_ppl_std"] == pytest.approx(1.0)
     assert by[("laurent_code", "")]["valid_ppl_batch_mean_at_best_mean"] == pytest.approx(121.0)
     assert by[("laurent_code", "")]["diff_valid_vs_laurent"] == pytest.approx(0.8)
     assert by[("laurent_text", "data.batch_size=20")]["diff_valid_vs_zaremba"] == pytest.approx(0.0)
-    md = ptb.perplexity_table(ptb.group_rows(load_runs(tmp_path)))
+    md = ptb.PERPLEXITY.markdown(ptb.group_rows(load_runs(tmp_path)))
     assert "| small | laurent_code | baseline | complete | 1, 2, 3 | 5/5 |" in md
     assert "| small | laurent_code | baseline [trainer.clip_grad_norm=10] | complete | 1 |" in md
     assert "| small | laurent_text | baseline [data.batch_size=20] | complete |" in md
@@ -113,7 +113,7 @@ def test_bn_rows_give_batch_statistics_beside_population_ones(tmp_path):
     assert bn.mean("valid_as_paper") == pytest.approx(125.0)
     ln = rows[("laurent_code", "ln", "", True)]
     assert ln.cell("valid_bs") == "—" and ln.mean("valid_as_paper") == pytest.approx(126.0)
-    evaluation = ptb.evaluation_table(list(rows.values()))
+    evaluation = ptb.EVALUATION.markdown(list(rows.values()))
     line = next(l for l in evaluation.splitlines() if "BN input" in l)
     assert "122.00 ± 1.00 (n=3) | 123.00 ± 1.00 (n=3) | 124.00 ± 1.00 (n=3) | 125.00 ± 1.00 (n=3) " \
            "| 125.00 ± 1.00 (n=3) | 120.9 | +4.1 (+3.4 %) |" in line
@@ -236,7 +236,7 @@ def test_diverged_and_shortened_runs_are_never_averaged_in(tmp_path):
            "trainer.clip_grad_norm=5 (1 not complete); laurent_text." in ablation
     claims = ptb.claims_section(rows)
     assert "120.00 ± 1.00 (n=3)" in claims and "400" not in claims
-    by = {(r["norm"], r["status"]): r for r in ptb.csv_rows(rows)}
+    by = {(r["norm"], r["status"]): r for r in ptb.CSV.records(rows)}
     assert by[("none", "complete")]["n_runs"] == 3
     assert by[("none", "diverged after 2/5 epochs")]["diff_valid_vs_laurent"] is None
     assert by[("none", "diverged after 2/5 epochs")]["best_valid_ppl_std"] is None

@@ -10,6 +10,7 @@ import io
 import math
 import statistics
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -140,25 +141,44 @@ def ordered(seq, value) -> tuple[int, str]:
     return (seq.index(value), "") if value in seq else (len(seq), str(value))
 
 
-def curves_figure(panels: list[tuple[str, list]], keys: tuple[str, str], *, colour, label,
+@contextmanager
+def figure(width: float, height: float):
+    """A matplotlib figure (``width`` × ``height`` inches, 100 dpi) on the Agg canvas, drawn under
+    matplotlib's defaults so that the bytes do not depend on the user's matplotlibrc; save it
+    with :func:`save_figure` inside the ``with`` block."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        fig = Figure(figsize=(width, height), dpi=100)
+        FigureCanvasAgg(fig)
+        yield fig
+
+
+def epoch_axis(ax, which: str = "major") -> None:
+    """An x axis of whole epochs, labelled, with a light grid (``which`` ticks)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(True, which=which, alpha=0.3)
+
+
+def curves_figure(panels: list[tuple[str, list]], keys: tuple[str, str], *, colour,
                   ylabel: str, base: Path, panel_width: float = 4.0, height: float = 4.6,
                   log_subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> list[Path]:
     """Train (dotted) and validation (solid) curves per epoch, log y, one panel per
     ``(title, rows)``; each row (``.runs``, ``.complete``) drawn in ``colour(row)`` as the mean
-    over its runs, faint if it is not a complete run, and named ``label(row)`` in the legend.
+    over its runs, faint if it is not a complete run, and named ``row.label`` in the legend.
     Saved by :func:`save_figure` as ``base.png`` and ``base.pdf``."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from bnrnn.report.runs import mean_curve
 
     train_key, valid_key = keys
-    with matplotlib.rc_context():
-        matplotlib.rcdefaults()  # the same bytes whatever the user's matplotlibrc says
-        fig = Figure(figsize=(panel_width * len(panels) + 0.5, height), dpi=100)
-        FigureCanvasAgg(fig)
+    with figure(panel_width * len(panels) + 0.5, height) as fig:
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         handles: dict[str, object] = {}
         for ax, (title, rows) in zip(axes, panels):
@@ -170,15 +190,13 @@ def curves_figure(panels: list[tuple[str, list]], keys: tuple[str, str], *, colo
                         (line,) = ax.plot(epochs, values, linestyle=style, marker="o",
                                           markersize=2.5, color=colour(row), alpha=alpha)
                         if key == valid_key:
-                            handles.setdefault(label(row), line)
+                            handles.setdefault(row.label, line)
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(LogLocator(subs=log_subs))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.grid(True, which="both", alpha=0.3)
+            epoch_axis(ax, which="both")
         axes[0].set_ylabel(ylabel)
         ncol = max(1, min(len(handles), 2 * len(panels)))
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,

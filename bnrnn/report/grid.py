@@ -21,9 +21,12 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from bnrnn.report.format import DASH, fmt, markdown_table, provenance, save_figure, write_table
+from bnrnn.report.format import (DASH, epoch_axis, figure, fmt, markdown_table, provenance,
+                                 save_figure, write_table)
 from bnrnn.report.runs import Run, RunError, load_runs
+from bnrnn.report.table import Table, column
 
 NAME = "grid_char_rnn"  # the experiment whose trials this family reads
 NORMS = ("none", "bn_sum")
@@ -164,8 +167,16 @@ def _table3(trials: list[Trial]) -> str:
     return markdown_table(header, rows)
 
 
-def paired(trials: list[Trial]) -> tuple[list[tuple], list[Trial]]:
-    """([(point, baseline trial or None, BN trial or None)] sorted by lr, unmatched trials)."""
+class Pair(NamedTuple):
+    """One sampled point and its trial of each norm (None: not run at that point)."""
+
+    point: tuple[float, float, int]  # (lr, momentum, batch size)
+    base: Trial | None
+    bn: Trial | None
+
+
+def paired(trials: list[Trial]) -> tuple[list[Pair], list[Trial]]:
+    """(every sampled point's :class:`Pair`, sorted by lr; the trials without a partner)."""
     by_point: dict[tuple, dict[str, Trial]] = {}
     for t in trials:
         slot = by_point.setdefault(t.point, {})
@@ -174,12 +185,12 @@ def paired(trials: list[Trial]) -> tuple[list[tuple], list[Trial]]:
                            f"lr={t.lr}, momentum={t.momentum}, batch={t.batch_size}: the same "
                            "sweep was collected twice; remove one copy")
         slot[t.norm] = t
-    rows = [(p, s.get("none"), s.get("bn_sum")) for p, s in sorted(by_point.items())]
+    rows = [Pair(p, s.get("none"), s.get("bn_sum")) for p, s in sorted(by_point.items())]
     unmatched = [t for _, a, b in rows for t in (a, b) if t is not None and (a is None or b is None)]
     return rows, unmatched
 
 
-def _paired_summary(rows: list[tuple]) -> list[str]:
+def _paired_summary(rows: list[Pair]) -> list[str]:
     both = [(a, b) for _, a, b in rows if a is not None and b is not None]
     if not both:
         return ["- No point was run for both norms, so no paired comparison is possible."]
@@ -200,30 +211,36 @@ def _paired_summary(rows: list[tuple]) -> list[str]:
     return lines
 
 
-def _trials_table(rows: list[tuple]) -> str:
-    header = ["lr", "momentum", "batch", "baseline valid CE", "BN valid CE", "BN − baseline"]
-    out = []
-    for (lr, momentum, batch), a, b in rows:
-        diff = (fmt(b.valid_ce - a.valid_ce, 3) if a is not None and b is not None
-                and a.converged and b.converged else DASH)
-        out.append([_lr(lr), f"{momentum:g}", str(batch), _ce(a), _ce(b), diff])
-    return markdown_table(header, out)
+def _bn_minus_baseline(pair: Pair) -> str:
+    a, b = pair.base, pair.bn
+    both = a is not None and b is not None and a.converged and b.converged
+    return fmt(b.valid_ce - a.valid_ce, 3) if both else DASH
 
 
-def _csv_rows(trials: list[Trial], root: Path) -> list[dict]:
-    out = []
-    for t in sorted(trials, key=lambda t: (NORMS.index(t.norm), t.point, str(t.run.path))):
-        best = t.run.best
-        out.append({
-            "norm": t.norm, "lr": t.lr, "momentum": t.momentum, "batch_size": t.batch_size,
-            "status": t.status, "valid_ce": t.valid_ce, "train_ce": t.train_ce,
-            "test_ce": t.run.test.get("ce"), "best_epoch": t.run.final.get("best_epoch"),
-            "epochs_completed": t.run.epochs_completed, "max_epochs": t.run.final.get("max_epochs"),
-            "last_valid_ce": best.get("valid_ce") if not t.converged else None,
-            "wall_time_s": t.run.wall_time, "hardware": t.run.hardware,
-            "run": str(t.run.path.relative_to(root)) if t.run.path.is_relative_to(root) else str(t.run.path),
-        })
-    return out
+POINTS = Table((  # rows: paired()'s Pairs
+    column("lr", lambda p: _lr(p.point[0])),
+    column("momentum", lambda p: f"{p.point[1]:g}"),
+    column("batch", lambda p: str(p.point[2])),
+    column("baseline valid CE", lambda p: _ce(p.base)),
+    column("BN valid CE", lambda p: _ce(p.bn)),
+    column("BN − baseline", _bn_minus_baseline),
+))
+
+
+def trials_csv(root: Path) -> Table:
+    """grid.csv: one record per trial (``run`` relative to ``root``)."""
+    def where(t: Trial) -> str:
+        return str(t.run.path.relative_to(root)) if t.run.path.is_relative_to(root) else str(t.run.path)
+
+    return Table((column(
+        None, norm=lambda t: t.norm, lr=lambda t: t.lr, momentum=lambda t: t.momentum,
+        batch_size=lambda t: t.batch_size, status=lambda t: t.status,
+        valid_ce=lambda t: t.valid_ce, train_ce=lambda t: t.train_ce,
+        test_ce=lambda t: t.run.test.get("ce"), best_epoch=lambda t: t.run.final.get("best_epoch"),
+        epochs_completed=lambda t: t.run.epochs_completed,
+        max_epochs=lambda t: t.run.final.get("max_epochs"),
+        last_valid_ce=lambda t: t.run.best.get("valid_ce") if not t.converged else None,
+        wall_time_s=lambda t: t.run.wall_time, hardware=lambda t: t.run.hardware, run=where),))
 
 
 def _timing(trials: list[Trial]) -> list[str]:
@@ -240,7 +257,7 @@ def _timing(trials: list[Trial]) -> list[str]:
     return lines
 
 
-def _markdown(trials: list[Trial], rows: list[tuple], unmatched: list[Trial], command: str) -> str:
+def _markdown(trials: list[Trial], rows: list[Pair], unmatched: list[Trial], command: str) -> str:
     reduced = reductions(trials)
     parts = ["# Appendix grid search: batch norm inside the recurrence (Laurent et al. Table 3)", ""]
     if reduced:
@@ -268,27 +285,15 @@ def _markdown(trials: list[Trial], rows: list[tuple], unmatched: list[Trial], co
               f"{PAPER_FIGURE3['batch_size']} (baseline blue, BN red, as here).",
               "", "## Every sampled point", "",
               "Sorted by learning rate; a diverged trial shows the epoch in which its loss became "
-              "non-finite.", "", _trials_table(rows), "", "## Time per trial", "", *_timing(trials),
+              "non-finite.", "", POINTS.markdown(rows), "", "## Time per trial", "", *_timing(trials),
               "", "## Provenance", "", provenance([t.run for t in trials], command).rstrip("\n")]
     return "\n".join(parts) + "\n"
 
 
 # ---------------------------------------------------------------------- figures
-def _figure_context():
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    return matplotlib, FigureCanvasAgg, Figure
-
-
 def plot_lr(trials: list[Trial], base: Path) -> list[Path]:
     """Best valid CE against lr (log x); diverged / unfinished trials as x at the top."""
-    matplotlib, Canvas, Figure = _figure_context()
-    with matplotlib.rc_context():
-        matplotlib.rcdefaults()  # the same bytes whatever the user's matplotlibrc says
-        fig = Figure(figsize=(6.4, 4.4), dpi=100)
-        Canvas(fig)
+    with figure(6.4, 4.4) as fig:
         ax = fig.subplots()
         finite = [t.valid_ce for t in trials if t.converged]
         top = (max(finite) + 0.1 * (max(finite) - min(finite) + 0.1)) if finite else 1.0
@@ -316,17 +321,13 @@ def plot_lr(trials: list[Trial], base: Path) -> list[Path]:
 def plot_curves(trials: list[Trial], base: Path) -> list[Path]:
     """Train (dashed) and valid (solid) CE per epoch of matched pairs: at the baseline's best
     point and at batch norm's best point (one panel each; one panel if they coincide)."""
-    matplotlib, Canvas, Figure = _figure_context()
     by_point = {(t.norm, t.point): t for t in trials}
     points = []
     for norm in NORMS:
         best = best_trial([t for t in trials if t.norm == norm])
         if best is not None and best.point not in [p for _, p in points]:
             points.append((norm, best.point))
-    with matplotlib.rc_context():
-        matplotlib.rcdefaults()
-        fig = Figure(figsize=(5.0 * max(1, len(points)) + 0.4, 4.2), dpi=100)
-        Canvas(fig)
+    with figure(5.0 * max(1, len(points)) + 0.4, 4.2) as fig:
         axes = fig.subplots(1, max(1, len(points)), squeeze=False)[0]
         if not points:
             axes[0].text(0.5, 0.5, "no trial converged", ha="center", va="center",
@@ -345,12 +346,8 @@ def plot_curves(trials: list[Trial], base: Path) -> list[Path]:
                                 color=COLOURS[norm], label=f"{label}, {key.split('_')[0]}")
             ax.set_title(f"best {NORM_NAMES[owner]} point: lr {lr:.3g}, momentum {momentum:g}, "
                          f"batch {batch}", fontsize=9)
-            ax.set_xlabel("epoch")
-            ax.grid(True, alpha=0.3)
+            epoch_axis(ax)
             ax.legend(fontsize=7)
-            from matplotlib.ticker import MaxNLocator
-
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].set_ylabel("cross-entropy (nats/char)")
         fig.tight_layout()
         return save_figure(fig, base, formats=("png",))
@@ -363,7 +360,8 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
     trials = load_trials(runs_root)
     rows, unmatched = paired(trials)
     base = out_dir / "grid"
-    write_table(base, _markdown(trials, rows, unmatched, command), _csv_rows(trials, runs_root))
+    write_table(base, _markdown(trials, rows, unmatched, command), trials_csv(runs_root).records(
+        sorted(trials, key=lambda t: (NORMS.index(t.norm), t.point, str(t.run.path)))))
     written = [base.with_suffix(".md"), base.with_suffix(".csv")]
     written += plot_lr(trials, out_dir / "grid_lr")
     written += plot_curves(trials, out_dir / "grid_curves")

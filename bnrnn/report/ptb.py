@@ -18,13 +18,14 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
+from bnrnn.report import table
 from bnrnn.report.format import (DASH, curves_figure, duration, fmt, fmt_mean_std,
                                  markdown_table, ordered, provenance, write_table)
-from bnrnn.report.rows import Row as TableRow, group_rows as group_runs
-from bnrnn.report.runs import MECHANICS, STATUS_MARKED, Run, RunError, extra_overrides, load_runs
+from bnrnn.report.runs import MECHANICS, STATUS_MARKED, Run, extra_overrides, load_family
+from bnrnn.report.table import (EPOCHS, HARDWARE, SEEDS, STATUS, VARIANT, Column, Table, column,
+                                joined, metric, shown)
 
 # The published numbers, as docs/reference.md §3 and docs/protocols.md give them.
 PAPER_NUMBERS = {
@@ -97,15 +98,11 @@ def _test(key: str):
     return lambda r: r.test.get(key)
 
 
-def _as_the_paper(split: str):
-    """The authors' metric as their code measured it: BN on batch statistics where the run has
-    them (BN models under eval_batch_stats), the model as it is otherwise."""
-    def value(r: Run) -> float | None:
-        row = r.best if split == "valid" else r.test
-        prefix = "valid_" if split == "valid" else ""
-        batchstat = row.get(f"{prefix}batchstat_ppl_batch_mean")
-        return batchstat if batchstat is not None else row.get(f"{prefix}ppl_batch_mean")
-    return value
+def _valid_as_the_paper(r: Run) -> float | None:
+    """The authors' valid metric as their code measured it: BN on batch statistics where the
+    run has them (BN models under eval_batch_stats), the model as it is otherwise."""
+    batchstat = r.best.get("valid_batchstat_ppl_batch_mean")
+    return batchstat if batchstat is not None else r.best.get("valid_ppl_batch_mean")
 
 
 VALUE = {
@@ -115,28 +112,18 @@ VALUE = {
     "valid_bm": _best("valid_ppl_batch_mean"),
     "valid_bs": _best("valid_batchstat_ppl"),
     "valid_bs_bm": _best("valid_batchstat_ppl_batch_mean"),
-    "valid_as_paper": _as_the_paper("valid"),
+    "valid_as_paper": _valid_as_the_paper,
     "test": _test("ppl"),
     "test_bm": _test("ppl_batch_mean"),
     "test_bs": _test("batchstat_ppl"),
     "test_bs_bm": _test("batchstat_ppl_batch_mean"),
     "wall_time": lambda r: r.wall_time,
     "tokens_per_s": lambda r: r.mean_of("train_tokens_per_s"),
-    "first_train": lambda r: next((m["train_ppl"] for m in r.metrics if m.get("epoch") == 1), None),
 }
-CSV_NAMES = {"train": "best_train_ppl", "valid": "best_valid_ppl", "test": "test_ppl_at_best_valid",
-             "train_bm": "train_ppl_batch_mean_at_best", "valid_bm": "valid_ppl_batch_mean_at_best",
-             "valid_bs": "valid_batchstat_ppl_at_best",
-             "valid_bs_bm": "valid_batchstat_ppl_batch_mean_at_best",
-             "test_bm": "test_ppl_batch_mean", "test_bs": "test_batchstat_ppl",
-             "test_bs_bm": "test_batchstat_ppl_batch_mean"}
 
 
-@dataclass
-class Row(TableRow):
+class Row(table.Row):
     """One line of the PTB table; its experiment name is the size."""
-
-    protocol: str = DEFAULT_PROTOCOL
 
     variant_names = VARIANT_NAMES
     metrics = VALUE
@@ -146,38 +133,18 @@ class Row(TableRow):
     def size(self) -> str:
         return self.name
 
-    def stat(self, key: str) -> tuple[float | None, float | None, int]:
-        """(mean, sample std or None, n) of a column over the row's runs."""
-        values = self.values(key)
-        if not values:
-            return None, None, 0
-        return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
-                len(values))
-
 
 def group_rows(runs: list[Run]) -> list[Row]:
     """Complete runs grouped by (size, protocol, variant, extra overrides); every other run on
     its own; ordered by size, protocol, variant."""
-    rows: list[Row] = []
-    for protocol in sorted({protocol_of(r) for r in runs}, key=lambda p: ordered(PROTOCOLS, p)):
-        part = [r for r in runs if protocol_of(r) == protocol]
-        for row in group_runs(part, Row, SIZES, VARIANTS,
-                              extra=lambda r: extra_overrides(r, PTB_NEUTRAL)):
-            row.protocol = protocol
-            rows.append(row)
-    return sorted(rows, key=lambda r: (ordered(SIZES, r.name), ordered(PROTOCOLS, r.protocol),
-                                       ordered(VARIANTS, r.norm), r.extra, not r.complete,
-                                       r.status, r.runs[0].seed or 0, str(r.runs[0].path)))
+    return table.group_rows(runs, Row, SIZES, VARIANTS, lambda r: extra_overrides(r, PTB_NEUTRAL),
+                            protocol_of, PROTOCOLS)
 
 
 def _diff(ours: float | None, paper: float | None) -> str:
     if ours is None or paper is None:
         return DASH
     return f"{ours - paper:+.1f} ({100 * (ours - paper) / paper:+.1f} %)"
-
-
-def _seeds(row: Row) -> str:
-    return ", ".join(str(r.seed) for r in row.runs)
 
 
 def _paper(row: Row) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
@@ -192,105 +159,97 @@ def _paper(row: Row) -> tuple[tuple[float, float] | None, tuple[float, float] | 
     return laurent, zaremba
 
 
-def perplexity_table(rows: list[Row]) -> str:
-    header = ["size", "protocol", "variant", "status", "seeds", "epochs", "best train ppl",
-              "train, authors' metric", "best valid ppl", "valid, authors' metric",
-              "valid ppl, BN batch stats", "test ppl at best valid", "test, authors' metric",
-              "Laurent train / valid", "Δ train / Δ valid vs Laurent", "Zaremba valid / test",
-              "Δ valid / Δ test vs Zaremba"]
-    body = []
-    for row in rows:
-        laurent, zaremba = _paper(row)
-        train, valid, test = row.mean("train"), row.mean("valid"), row.mean("test")
-        run = row.runs[0]
-        body.append([
-            row.size.removeprefix("ptb_"), row.protocol, row.variant, row.status, _seeds(row),
-            f"{run.epochs_completed}/{run.protocol_epochs or '?'}",
-            row.cell("train"), row.cell("train_bm"), row.cell("valid"), row.cell("valid_bm"),
-            row.cell("valid_bs"), row.cell("test"), row.cell("test_bm"),
-            f"{laurent[0]} / {laurent[1]}" if laurent else DASH,
-            f"{_diff(train, laurent[0])} / {_diff(valid, laurent[1])}"
-            if laurent and row.complete else DASH,
-            f"{zaremba[0]} / {zaremba[1]}" if zaremba else DASH,
-            f"{_diff(valid, zaremba[0])} / {_diff(test, zaremba[1])}"
-            if zaremba and row.complete else DASH,
-        ])
-    return markdown_table(header, body)
+def _published(paper: int, i: int):
+    """The row's ``i``-th published number of ``_paper(row)[paper]`` (None where none applies)."""
+    return lambda r: _paper(r)[paper][i] if _paper(r)[paper] else None
 
 
-def evaluation_table(rows: list[Row]) -> str:
-    """The complete rows that have the authors' metric: both perplexities, both BN statistics,
-    and the one measured as the paper's code measured it beside the paper's number."""
-    header = ["size", "protocol", "variant", "seeds", "valid ppl (population)",
-              "authors' metric (population)", "valid ppl (batch stats)",
-              "authors' metric (batch stats)", "as the authors' code measured", "Laurent valid",
-              "Δ vs Laurent"]
-    body = []
-    for row in rows:
-        if not row.complete or not row.values("valid_bm"):
-            continue
-        laurent, _ = _paper(row)
-        # only the code's protocol evaluates as the code did (32 streams, batch statistics)
-        like_code = row.protocol == "laurent_code"
-        body.append([row.size.removeprefix("ptb_"), row.protocol, row.variant, _seeds(row),
-                     row.cell("valid"), row.cell("valid_bm"), row.cell("valid_bs"),
-                     row.cell("valid_bs_bm"), row.cell("valid_as_paper") if like_code else DASH,
-                     f"{laurent[1]}" if laurent else DASH,
-                     _diff(row.mean("valid_as_paper"), laurent[1])
-                     if laurent and like_code else DASH])
-    return markdown_table(header, body) if body else ""
+LAURENT_VALID = _published(0, 1)
 
 
-def runs_table(rows: list[Row]) -> str:
-    header = ["size", "protocol", "variant", "status", "seeds", "epochs", "wall time",
-              "per epoch", "full protocol (projected)", "train tokens/s", "hardware"]
-    body = []
-    for row in rows:
-        run = row.runs[0]
-        hardware = sorted({r.hardware or "unknown" for r in row.runs})
-        wall, epochs = row.mean("wall_time"), run.epochs_completed
-        per_epoch = wall / epochs if wall is not None and epochs else None
-        projected = per_epoch * run.protocol_epochs if per_epoch and run.protocol_epochs else None
-        body.append([row.size.removeprefix("ptb_"), row.protocol, row.variant, row.status,
-                     _seeds(row), f"{epochs}/{run.protocol_epochs or '?'}",
-                     duration(wall), duration(per_epoch), duration(projected),
-                     fmt(row.mean("tokens_per_s"), 0), "; ".join(hardware)])
-    return markdown_table(header, body)
+def _laurent_as_measured(row: Row) -> float | None:
+    """Laurent's valid number, for the one protocol that evaluates as the authors' code did
+    (32 streams, batch statistics)."""
+    return LAURENT_VALID(row) if row.protocol == "laurent_code" else None
 
 
-def csv_rows(rows: list[Row]) -> list[dict]:
-    out = []
-    for row in rows:
-        laurent, zaremba = _paper(row)
-        run = row.runs[0]
-        record = {"size": row.size, "protocol": row.protocol, "norm": row.norm,
-                  "overrides": row.extra, "status": row.status,
-                  "n_runs": len(row.runs), "seeds": " ".join(str(r.seed) for r in row.runs),
-                  "epochs_completed": run.epochs_completed,
-                  "protocol_epochs": run.protocol_epochs}
-        for key, name in CSV_NAMES.items():
-            mean, std, _ = row.stat(key)
-            record[f"{name}_mean"], record[f"{name}_std"] = mean, std
-        record |= {
-            "laurent_train_ppl": laurent[0] if laurent else None,
-            "laurent_valid_ppl": laurent[1] if laurent else None,
-            "zaremba_valid_ppl": zaremba[0] if zaremba else None,
-            "zaremba_test_ppl": zaremba[1] if zaremba else None,
-        }
-        for name, ours, paper in (("diff_train_vs_laurent", row.mean("train"), laurent and laurent[0]),
-                                  ("diff_valid_vs_laurent", row.mean("valid"), laurent and laurent[1]),
-                                  ("diff_valid_as_paper_vs_laurent", row.mean("valid_as_paper"),
-                                   laurent[1] if laurent and row.protocol == "laurent_code"
-                                   else None),
-                                  ("diff_valid_vs_zaremba", row.mean("valid"), zaremba and zaremba[0]),
-                                  ("diff_test_vs_zaremba", row.mean("test"), zaremba and zaremba[1])):
-            comparable = row.complete and ours is not None and paper is not None
-            record[name] = ours - paper if comparable else None
-        record |= {"wall_time_s_mean": row.mean("wall_time"),
-                   "train_tokens_per_s_mean": row.mean("tokens_per_s"),
-                   "hardware": "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))}
-        out.append(record)
-    return out
+def versus(header: str | None, csv: str, key: str, paper) -> Column:
+    """Ours minus the published number: 'Δ (Δ %)' in the markdown, the difference in the CSV
+    (complete rows that have both only)."""
+    def delta(row: Row) -> float | None:
+        ours, theirs = row.mean(key), paper(row)
+        return ours - theirs if row.complete and ours is not None and theirs is not None else None
+    return Column(header, lambda r: _diff(r.mean(key), paper(r)), ((csv, delta),))
+
+
+def _beside(paper: int, name: str, keys: tuple[str, str]) -> tuple[Column, Column]:
+    """The published numbers of ``keys`` (``_paper(row)[paper]``, 'a / b'; CSV
+    ``<name>_<key>_ppl``), and ours minus them for complete rows ('Δ a / Δ b'; CSV
+    ``diff_<key>_vs_<name>``)."""
+    values = [_published(paper, i) for i in range(len(keys))]
+    label = name.lower()
+    return (joined(f"{name} {' / '.join(keys)}",
+                   *(shown(None, f"{label}_{k}_ppl", v) for k, v in zip(keys, values)),
+                   when=lambda r: _paper(r)[paper]),
+            joined(" / ".join(f"Δ {k}" for k in keys) + f" vs {name}",
+                   *(versus(None, f"diff_{k}_vs_{label}", k, v) for k, v in zip(keys, values)),
+                   when=lambda r: _paper(r)[paper] and r.complete))
+
+
+SIZE = shown("size", "size", lambda r: r.size, lambda s: s.removeprefix("ptb_"))
+PROTOCOL = column("protocol", lambda r: r.protocol, protocol=lambda r: r.protocol)
+
+PERPLEXITY = Table((
+    SIZE, PROTOCOL, VARIANT, STATUS, SEEDS, EPOCHS,
+    metric("best train ppl", "train", "best_train_ppl"),
+    metric("train, authors' metric", "train_bm", "train_ppl_batch_mean_at_best"),
+    metric("best valid ppl", "valid", "best_valid_ppl"),
+    metric("valid, authors' metric", "valid_bm", "valid_ppl_batch_mean_at_best"),
+    metric("valid ppl, BN batch stats", "valid_bs", "valid_batchstat_ppl_at_best"),
+    metric("test ppl at best valid", "test", "test_ppl_at_best_valid"),
+    metric("test, authors' metric", "test_bm", "test_ppl_batch_mean"),
+    metric(None, "test_bs", "test_batchstat_ppl"),
+    metric(None, "test_bs_bm", "test_batchstat_ppl_batch_mean"),
+    *_beside(0, "Laurent", ("train", "valid")), *_beside(1, "Zaremba", ("valid", "test")),
+))
+
+# The complete rows that have the authors' metric: both perplexities, both BN statistics, and
+# the one measured as the paper's code measured it beside the paper's number.
+EVALUATION = Table((
+    SIZE, PROTOCOL, VARIANT, SEEDS,
+    metric("valid ppl (population)", "valid", "best_valid_ppl"),
+    metric("authors' metric (population)", "valid_bm", "valid_ppl_batch_mean_at_best"),
+    metric("valid ppl (batch stats)", "valid_bs", "valid_batchstat_ppl_at_best"),
+    metric("authors' metric (batch stats)", "valid_bs_bm", "valid_batchstat_ppl_batch_mean_at_best"),
+    column("as the authors' code measured",
+           lambda r: r.cell("valid_as_paper") if r.protocol == "laurent_code" else DASH),
+    shown("Laurent valid", "laurent_valid_ppl", LAURENT_VALID),
+    versus("Δ vs Laurent", "diff_valid_as_paper_vs_laurent", "valid_as_paper", _laurent_as_measured),
+), where=lambda r: r.complete and r.values("valid_bm"),
+   empty="No complete run has the authors' metric yet.\n")
+
+
+def _per_epoch(row: Row) -> float | None:
+    wall, epochs = row.mean("wall_time"), row.runs[0].epochs_completed
+    return wall / epochs if wall is not None and epochs else None
+
+
+def _projected(row: Row) -> float | None:
+    per_epoch, epochs = _per_epoch(row), row.runs[0].protocol_epochs
+    return per_epoch * epochs if per_epoch and epochs else None
+
+
+RUNS = Table((
+    SIZE, PROTOCOL, VARIANT, STATUS, SEEDS, EPOCHS,
+    shown("wall time", "wall_time_s_mean", lambda r: r.mean("wall_time"), duration),
+    column("per epoch", lambda r: duration(_per_epoch(r))),
+    column("full protocol (projected)", lambda r: duration(_projected(r))),
+    shown("train tokens/s", "train_tokens_per_s_mean", lambda r: r.mean("tokens_per_s"),
+          lambda v: fmt(v, 0)),
+    HARDWARE,
+))
+
+CSV = PERPLEXITY + EVALUATION + RUNS  # ptb.csv: one record per row, every table's fields
 
 
 # ---------------------------------------------------------------------- the protocol table
@@ -337,21 +296,26 @@ def protocol_settings(protocols: tuple[str, ...] = PROTOCOLS,
     return tuple(out)
 
 
+PROTOCOL_TABLE = Table((  # rows: protocol_settings() entries
+    column("size", lambda s: s["size"].removeprefix("ptb_")),
+    column("protocol", lambda s: s["protocol"]),
+    column("batch", lambda s: str(s["batch_size"])),
+    column("BPTT", lambda s: str(s["bptt"])),
+    column("clip", lambda s: fmt(s["clip"], 0) if s["clip"] is not None else "none"),
+    column("epochs", lambda s: str(s["epochs"])),
+    column("lr schedule (lr 1 at start)",
+           lambda s: _schedule_text(s["decay"], s["after_epoch"], s["every"], s["epochs"])),
+    column("dropout", lambda s: f"{s['dropout']:g}"),
+    column("eval streams", lambda s: str(s["eval_batch_size"])),
+    column("BN statistics at validation", lambda s: "population, and batch (reported beside)"
+           if s["eval_batch_stats"] else "population"),
+    column("source", lambda s: PROTOCOL_SOURCES.get((s["protocol"], s["size"]), DASH)),
+))
+
+
 def protocol_table(settings) -> str:
-    header = ["size", "protocol", "batch", "BPTT", "clip", "epochs", "lr schedule (lr 1 at start)",
-              "dropout", "eval streams", "BN statistics at validation", "source"]
-    body = []
-    for s in sorted(settings, key=lambda s: (ordered(SIZES, s["size"]),
-                                             ordered(PROTOCOLS, s["protocol"]))):
-        body.append([s["size"].removeprefix("ptb_"), s["protocol"], str(s["batch_size"]),
-                     str(s["bptt"]), fmt(s["clip"], 0) if s["clip"] is not None else "none",
-                     str(s["epochs"]),
-                     _schedule_text(s["decay"], s["after_epoch"], s["every"], s["epochs"]),
-                     f"{s['dropout']:g}", str(s["eval_batch_size"]),
-                     "population, and batch (reported beside)" if s["eval_batch_stats"]
-                     else "population",
-                     PROTOCOL_SOURCES.get((s["protocol"], s["size"]), DASH)])
-    return markdown_table(header, body)
+    return PROTOCOL_TABLE.markdown(sorted(settings, key=lambda s: (
+        ordered(SIZES, s["size"]), ordered(PROTOCOLS, s["protocol"]))))
 
 
 # ---------------------------------------------------------------------- seeds against spread
@@ -370,7 +334,7 @@ def compare_means(a: list[float], b: list[float], min_n: int = CLAIM_MIN_SEEDS,
     return {"delta": delta, "threshold": threshold, "outcome": outcome}
 
 
-# (question, column, the outcome that answers "yes", the outcome that answers "no")
+# (question, metric, what it measures, the outcome that answers "yes", the one that answers "no")
 CLAIMS = (
     ("Does BN lower the train perplexity?", "train", "best train ppl", "lower", "higher"),
     ("Does BN lower the train perplexity?", "train_bm", "train, authors' metric (best-valid epoch)",
@@ -519,21 +483,21 @@ def ablation_section(rows: list[Row], size: str = "ptb_small") -> str:
         if means[0] is not None:
             sentences.append(f"Clip and schedule together (the text's protocol → the code's): "
                              f"{_share(means[3] - means[0], e['gap'])}{_noise(code5, text10)}.")
+        def step(effect: str, after: Row | None, before: Row | None) -> str:
+            """The effect, its share of the gap and, where it exists, its noise bracket."""
+            noise = _noise(after, before) if e[effect] is not None else ""
+            return _share(e[effect], e["gap"]) + noise
+
         if e["schedule_at_clip10"] is not None or e["clip_at_code_schedule"] is not None:
             sentences.append(
                 f"Path 1, schedule first: the code's schedule at clip 10 "
-                f"{_share(e['schedule_at_clip10'], e['gap'])}"
-                f"{_noise(code10, text10) if e['schedule_at_clip10'] is not None else ''}; "
-                f"then clip 10 → 5 at the code's schedule "
-                f"{_share(e['clip_at_code_schedule'], e['gap'])}"
-                f"{_noise(code5, code10) if e['clip_at_code_schedule'] is not None else ''}.")
+                f"{step('schedule_at_clip10', code10, text10)}; then clip 10 → 5 at the code's "
+                f"schedule {step('clip_at_code_schedule', code5, code10)}.")
         if e["clip_at_text_schedule"] is not None or e["schedule_at_clip5"] is not None:
             sentences.append(
                 f"Path 2, clip first: clip 10 → 5 at the text's schedule "
-                f"{_share(e['clip_at_text_schedule'], e['gap'])}"
-                f"{_noise(text5, text10) if e['clip_at_text_schedule'] is not None else ''}; "
-                f"then the code's schedule at clip 5 {_share(e['schedule_at_clip5'], e['gap'])}"
-                f"{_noise(code5, text5) if e['schedule_at_clip5'] is not None else ''}.")
+                f"{step('clip_at_text_schedule', text5, text10)}; then the code's schedule at "
+                f"clip 5 {step('schedule_at_clip5', code5, text5)}.")
         if e["schedule_mean"] is not None:
             sentences.append(
                 f"Averaged over both paths, the schedule explains {_share(e['schedule_mean'], e['gap'])} "
@@ -574,11 +538,6 @@ def _schedule_factor(size: str) -> str:
 
 
 # ---------------------------------------------------------------------- the findings paragraph
-def _spread(row: Row, key: str) -> float:
-    values = row.values(key)
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _compare(base: Row, other: Row, key: str) -> str:
     """'lowers best train perplexity from 80.1 to 65.2 (-18.6 %)' with a noise caveat."""
     a, b = base.mean(key), other.mean(key)
@@ -586,7 +545,7 @@ def _compare(base: Row, other: Row, key: str) -> str:
             "test": "test perplexity"}[key]
     verb = "lowers" if b < a else ("raises" if b > a else "leaves unchanged")
     text = f"{verb} {what} from {a:.1f} to {b:.1f} ({100 * (b - a) / a:+.1f} %)"
-    noise = max(_spread(base, key), _spread(other, key))
+    noise = max(base.std(key) or 0.0, other.std(key) or 0.0)
     if noise and abs(b - a) <= noise:
         text += f", within the seed-to-seed spread ({noise:.1f})"
     return text
@@ -679,13 +638,6 @@ def findings(rows: list[Row]) -> str:
 
 
 # ---------------------------------------------------------------------- the figure
-def _short_status(row: Row) -> str:
-    if row.complete:
-        return ""
-    status = row.runs[0].status
-    return " ({})".format({"completed": "shortened"}.get(status, status))
-
-
 def plot_curves(rows: list[Row], base: Path) -> list[Path]:
     """Figure 2 analogue: per size and protocol, train (dotted) and valid (solid) perplexity per
     epoch, one colour per variant (rows with extra overrides in colours of their own); runs
@@ -705,7 +657,6 @@ def plot_curves(rows: list[Row], base: Path) -> list[Path]:
         return COLOURS.get(row.norm, "#7f7f7f")
 
     return curves_figure(panels, ("train_ppl", "valid_ppl"), base=base, colour=colour,
-                         label=lambda row: row.variant + _short_status(row),
                          ylabel="perplexity (train dotted, valid solid)",
                          log_subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
 
@@ -713,17 +664,10 @@ def plot_curves(rows: list[Row], base: Path) -> list[Path]:
 # ---------------------------------------------------------------------- entry
 def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
     """Write ``out_dir/ptb.{md,csv}`` and ``out_dir/ptb_curves.{png,pdf}`` from ``runs_root``."""
-    runs = load_runs(runs_root)
-    if not runs:
-        raise RunError(f"{runs_root}: no run directory (final.json) under it; copy runs in with "
-                       "scripts/collect_runs.py")
-    nameless = [str(r.path) for r in runs if r.name is None or r.norm is None]
-    if nameless:
-        raise RunError(f"run directories without name/norm in final.json or .hydra/config.yaml: "
-                       f"{nameless}; these are not PTB word-LM runs")
+    runs = load_family(runs_root, "PTB word-LM runs (final.json or .hydra/config.yaml must give "
+                       "name and norm)", lambda r: r.name is not None and r.norm is not None)
     rows = group_rows(runs)
     out_dir = Path(out_dir)
-    evaluation = evaluation_table(rows)
     md = "\n".join([
         "# Penn Treebank word level: Laurent et al. Table 2, extended",
         "",
@@ -751,7 +695,7 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         "validation with each batch normalized by its own statistics, at the best epoch "
         "(protocol=laurent_code only).",
         "",
-        perplexity_table(rows),
+        PERPLEXITY.markdown(rows),
         "## Evaluation: which number is the paper's",
         "",
         "The paper's numbers are comparable to the authors' metric, over 32 streams, with BN on "
@@ -760,7 +704,7 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         "number (batch statistics for BN rows, the model as it is otherwise). Population "
         "statistics and ppl are the correct measurement and the one every other column uses.",
         "",
-        evaluation or "No complete run has the authors' metric yet.\n",
+        EVALUATION.markdown(rows),
         "## What our numbers show",
         "",
         findings(rows),
@@ -773,13 +717,13 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         claims_section(rows),
         "## Runs",
         "",
-        runs_table(rows),
+        RUNS.markdown(rows),
         "![Train (dotted) and valid (solid) perplexity per epoch](ptb_curves.png)",
         "",
         "## Provenance",
         "",
         provenance(runs, command),
     ])
-    write_table(out_dir / "ptb", md, csv_rows(rows))
+    write_table(out_dir / "ptb", md, CSV.records(rows))
     figures = plot_curves(rows, out_dir / "ptb_curves")
     return [out_dir / "ptb.md", out_dir / "ptb.csv", *figures]

@@ -12,7 +12,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -109,10 +109,6 @@ class Run:
         return None if value is None else int(value)
 
     @property
-    def diverged(self) -> bool:
-        return self.status == "diverged"
-
-    @property
     def complete(self) -> bool:
         """Completed the full protocol: the only runs a table may average without a mark."""
         return self.status == "completed" and not self.shortened
@@ -182,6 +178,18 @@ def load_runs(root: str | Path) -> list[Run]:
                    if "checkpoints" not in p.relative_to(root).parts})
     return [load_run(d) for d in dirs]
 
+
+def load_family(root: str | Path, expected: str, accept: Callable[[Run], bool]) -> list[Run]:
+    """:func:`load_runs` for one family's report: a :class:`RunError` if ``root`` holds no run,
+    or holds runs that ``accept`` refuses (named, as not ``expected``)."""
+    runs = load_runs(root)
+    if not runs:
+        raise RunError(f"{root}: no run directory (final.json) under it; copy runs in with "
+                       "scripts/collect_runs.py")
+    foreign = [str(r.path) for r in runs if not accept(r)]
+    if foreign:
+        raise RunError(f"not {expected}: {foreign}")
+    return runs
 
 # ---------------------------------------------------------------------- readers
 def _read_json(path: Path) -> dict:

@@ -18,13 +18,13 @@ engine logs them), the usual reading of a training curve.
 """
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
-from bnrnn.report.format import (DASH, curves_figure, duration, markdown_table, ordered, provenance,
-                                 write_table)
-from bnrnn.report.rows import Row as TableRow, group_rows as group_runs
-from bnrnn.report.runs import Run, RunError, load_runs, mean_curve
+from bnrnn.report import table
+from bnrnn.report.format import DASH, curves_figure, duration, ordered, provenance, write_table
+from bnrnn.report.runs import Run, load_family, mean_curve
+from bnrnn.report.table import (EPOCHS, HARDWARE, SEEDS, STATUS, VARIANT, Table, column, joined,
+                                metric, shown)
 
 # Laurent et al. 2016, "Batch Normalized Recurrent Neural Networks", Table 1 (WSJ si284 /
 # dev93, 3546 tied triphone states; docs/reference.md §5): best (FCE, FER) on train and dev.
@@ -42,7 +42,7 @@ VARIANTS = ("none", "bn_input")
 VARIANT_NAMES = {"none": "baseline", "bn_input": "BN, sequence-wise"}
 COLOURS = {"none": "#1f77b4", "bn_input": "#d62728"}  # Figure 1: baseline blue, BN red
 
-METRICS = {  # column key -> how to read it from a run
+METRICS = {  # metric key -> how to read it from a run
     "train_fce": lambda r: r.best_of("train_fce"),
     "train_fer": lambda r: r.best_of("train_fer"),
     "dev_fce": lambda r: r.best_of("dev_fce"),
@@ -54,7 +54,7 @@ METRICS = {  # column key -> how to read it from a run
 }
 
 
-class Row(TableRow):
+class Row(table.Row):
     """One line of the speech table: the runs of one (corpus, variant, overrides)."""
 
     variant_names = VARIANT_NAMES
@@ -63,67 +63,53 @@ class Row(TableRow):
 
 
 def group_rows(runs: list[Run]) -> list[Row]:
-    return group_runs(runs, Row, tuple(CORPORA), VARIANTS)
+    return table.group_rows(runs, Row, tuple(CORPORA), VARIANTS)
 
 
-def _model(run: Run) -> str:
-    model = run.config.get("model") or {}
+def _model(row: Row) -> str:
+    model = row.runs[0].config.get("model") or {}
     if "num_layers" not in model:
         return DASH
     return f"{model['num_layers']} x BiLSTM {model.get('hidden_size', '?')}"
 
 
-def table1(rows: list[Row]) -> str:
-    header = ["corpus", "model", "variant", "status", "seeds", "epochs", "train FCE", "train FER",
-              "dev FCE", "dev FER", "test FCE / FER at best dev", "paper train FCE / FER",
-              "paper dev FCE / FER"]
-    body = []
-    for row in rows:
-        paper = PAPER_TABLE1.get(row.norm) if not row.extra else None
-        run = row.runs[0]
-        body.append([
-            row.name.removeprefix("speech_"), _model(run), row.variant, row.status,
-            ", ".join(str(r.seed) for r in row.runs),
-            f"{run.epochs_completed}/{run.protocol_epochs or '?'}",
-            row.cell("train_fce"), row.cell("train_fer"), row.cell("dev_fce"), row.cell("dev_fer"),
-            f"{row.cell('test_fce')} / {row.cell('test_fer')}",
-            f"{paper['train'][0]} / {paper['train'][1]}" if paper else DASH,
-            f"{paper['dev'][0]} / {paper['dev'][1]}" if paper else DASH,
-        ])
-    return markdown_table(header, body)
+def _paper(split: str, i: int):
+    """The paper's Table 1 (FCE, FER)[i] on ``split`` for the row's variant (none with overrides)."""
+    return lambda r: PAPER_TABLE1[r.norm][split][i] if r.norm in PAPER_TABLE1 and not r.extra else None
 
 
-def runs_table(rows: list[Row]) -> str:
-    header = ["corpus", "variant", "status", "time per epoch", "wall time", "parameters", "hardware"]
-    body = []
-    for row in rows:
-        params = sorted({r.final.get("num_parameters") for r in row.runs} - {None})
-        body.append([row.name.removeprefix("speech_"), row.variant, row.status,
-                     duration(row.mean("epoch_time")), duration(row.mean("wall_time")),
-                     ", ".join(f"{p:,}" for p in params) or DASH,
-                     "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))])
-    return markdown_table(header, body)
+def _published(split: str) -> table.Column:
+    return joined(f"paper {split} FCE / FER", shown(None, f"paper_{split}_fce", _paper(split, 0)),
+                  shown(None, f"paper_{split}_fer", _paper(split, 1)),
+                  when=lambda r: _paper(split, 0)(r) is not None)
 
 
-def csv_rows(rows: list[Row]) -> list[dict]:
-    out = []
-    for row in rows:
-        paper = PAPER_TABLE1.get(row.norm) if not row.extra else None
-        run = row.runs[0]
-        record = {"experiment": row.name, "norm": row.norm, "overrides": row.extra,
-                  "status": row.status, "n_runs": len(row.runs),
-                  "seeds": " ".join(str(r.seed) for r in row.runs),
-                  "epochs_completed": run.epochs_completed, "protocol_epochs": run.protocol_epochs}
-        for key in METRICS:
-            values = row.values(key)
-            record[f"{key}_mean"] = statistics.fmean(values) if values else None
-            record[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
-        for split in ("train", "dev"):
-            record[f"paper_{split}_fce"] = paper[split][0] if paper else None
-            record[f"paper_{split}_fer"] = paper[split][1] if paper else None
-        record["hardware"] = "; ".join(sorted({r.hardware or "unknown" for r in row.runs}))
-        out.append(record)
-    return out
+CORPUS = shown("corpus", "experiment", lambda r: r.name, lambda n: n.removeprefix("speech_"))
+
+TABLE1 = Table((
+    CORPUS, column("model", _model), VARIANT, STATUS, SEEDS, EPOCHS,
+    metric("train FCE", "train_fce"), metric("train FER", "train_fer"),
+    metric("dev FCE", "dev_fce"), metric("dev FER", "dev_fer"),
+    joined("test FCE / FER at best dev", metric(None, "test_fce"), metric(None, "test_fer")),
+    metric(None, "epoch_time"), metric(None, "wall_time"),
+    _published("train"), _published("dev"),
+))
+
+
+def _parameters(row: Row) -> str:
+    params = sorted({r.final.get("num_parameters") for r in row.runs} - {None})
+    return ", ".join(f"{p:,}" for p in params) or DASH
+
+
+RUNS = Table((
+    CORPUS, VARIANT, STATUS,
+    column("time per epoch", lambda r: duration(r.mean("epoch_time"))),
+    column("wall time", lambda r: duration(r.mean("wall_time"))),
+    column("parameters", _parameters),
+    HARDWARE,
+))
+
+CSV = TABLE1 + RUNS  # speech.csv: one record per row
 
 
 def findings(rows: list[Row]) -> str:
@@ -194,20 +180,13 @@ def plot_curves(rows: list[Row], base: Path) -> list[Path]:
     panels = [(CORPORA.get(name, name), [r for r in rows if r.name == name]) for name in names]
     return curves_figure(panels, ("train_fce", "dev_fce"), base=base, panel_width=5.0, height=4.4,
                          colour=lambda row: COLOURS.get(row.norm, "#7f7f7f"),
-                         label=lambda row: row.variant + ("" if row.complete else f" ({row.runs[0].status})"),
                          ylabel="frame cross-entropy, nats (train dotted, dev solid)")
 
 
 def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
     """Write ``out_dir/speech.{md,csv}`` and ``out_dir/speech_curves.{png,pdf}``."""
-    runs = load_runs(runs_root)
-    if not runs:
-        raise RunError(f"{runs_root}: no run directory (final.json) under it; copy runs in with "
-                       "scripts/collect_runs.py")
-    foreign = [str(r.path) for r in runs if r.name not in CORPORA or r.norm is None]
-    if foreign:
-        raise RunError(f"not speech runs (name must be one of {sorted(CORPORA)}, with a norm): "
-                       f"{foreign}")
+    runs = load_family(runs_root, f"speech runs (name must be one of {sorted(CORPORA)}, with a "
+                       "norm)", lambda r: r.name in CORPORA and r.norm is not None)
     rows = group_rows(runs)
     out_dir = Path(out_dir)
     corpora = [f"- `{n}`: {CORPORA[n]}." for n in sorted({r.name for r in rows},
@@ -225,21 +204,21 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         f"- Paper columns: {PAPER_SOURCE}. That corpus and label set differ from ours (WSJ is "
         "LDC-licensed, docs/reference.md §5), so compare the baseline-vs-BN pattern, not the values.",
         "",
-        table1(rows),
+        TABLE1.markdown(rows),
         "## Findings",
         "",
         findings(rows),
         "",
         "## Runs",
         "",
-        runs_table(rows),
+        RUNS.markdown(rows),
         "![FCE per epoch](speech_curves.png)",
         "",
         "## Provenance",
         "",
         provenance(runs, command),
     ])
-    table = out_dir / "speech"
-    write_table(table, md, csv_rows(rows))
+    base = out_dir / "speech"
+    write_table(base, md, CSV.records(rows))
     figures = plot_curves(rows, out_dir / "speech_curves")
-    return [table.with_suffix(".md"), table.with_suffix(".csv"), *figures]
+    return [base.with_suffix(".md"), base.with_suffix(".csv"), *figures]
