@@ -452,7 +452,9 @@ def deviations(c: Mapping) -> list[str]:
     found = []
     for key, want in (paper.get("values") or {}).items():
         have = _lookup(c, key)
-        if have != want:
+        if have is _MISSING:
+            found.append(f"{key} not set (protocol: {want!r})")
+        elif have != want:
             found.append(f"{key} = {have!r} (protocol: {want!r})")
     return found
 

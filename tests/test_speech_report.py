@@ -10,7 +10,7 @@ from bnrnn.report.runs import RunError
 
 
 def write_run(path, norm, train_fce, dev_fce, *, name="speech_synthetic", status="completed",
-              epochs=None, seed=0, overrides=()):
+              epochs=None, seed=0, overrides=(), deviations=()):
     """A run directory as bnrnn.engine writes it (the files the report reads)."""
     epochs = epochs or len(train_fce)
     rows = [{"epoch": e + 1, "train_fce": t, "train_fer": t / 4, "dev_fce": d, "dev_fer": d / 4,
@@ -21,7 +21,8 @@ def write_run(path, norm, train_fce, dev_fce, *, name="speech_synthetic", status
              "best_epoch": best["epoch"], "test": {"fce": best["dev_fce"] + 0.01, "fer": 0.3},
              "name": name, "norm": norm, "seed": seed, "hardware": "test cpu", "wall_time": 300.0,
              "git_revision": "0123456789abcdef0123456789abcdef01234567", "num_parameters": 1065803,
-             "finished": "2026-01-02T03:04:05+0000", "overrides": list(overrides)}
+             "finished": "2026-01-02T03:04:05+0000", "overrides": list(overrides),
+             "deviations": list(deviations), "scaled": bool(deviations)}
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
         {"name": name, "seed": seed, "model": {"norm": norm, "num_layers": 3, "hidden_size": 128}}))
@@ -79,3 +80,31 @@ def test_an_override_makes_its_own_row(runs, tmp_path):
     write_run(runs / "e", "none", [1.9, 1.0], [1.8, 1.2], epochs=2, overrides=["optim.lr=0.001"])
     md = (speech.build(runs, tmp_path / "out", "cmd")[0]).read_text()
     assert "baseline [optim.lr=0.001]" in md
+
+
+def test_a_scaled_run_is_marked_and_its_deviations_listed(runs, tmp_path):
+    write_run(runs / "d", "none", [1.0, 0.9], [1.2, 1.1], name="speech_librispeech",
+              deviations=["model.hidden_size = 128 (protocol: 250)"])
+    out = tmp_path / "results"
+    speech.build(runs, out, "python scripts/make_tables.py")
+    md = (out / "speech.md").read_text()
+    assert "| librispeech | 3 x BiLSTM 128 | baseline | scaled |" in md
+    assert ("**Scaled:** `speech_librispeech` runs depart from the published protocol in "
+            "model.hidden_size = 128 (protocol: 250)") in md
+    assert "**Substitute** in `speech_librispeech`: corpus: LibriSpeech" in md  # from configs/paper
+    assert "| synthetic | 3 x BiLSTM 128 | baseline | complete |" in md  # listed no deviation
+
+
+def test_a_run_recorded_before_deviations_is_checked_against_the_protocol_now(tmp_path):
+    """No 'deviations' in final.json: the run's own config is compared with its experiment's
+    paper: values as configured now (the committed CPU speech runs predate the record)."""
+    from bnrnn.report.runs import load_run
+
+    write_run(tmp_path / "old", "none", [1.0], [1.1])
+    final = json.loads((tmp_path / "old" / "final.json").read_text())
+    del final["deviations"], final["scaled"]
+    (tmp_path / "old" / "final.json").write_text(json.dumps(final))
+    run = load_run(tmp_path / "old")
+    assert run.scaled
+    assert "model.hidden_size = 128 (protocol: 250)" in run.deviations
+    assert "optim.lr not set (protocol: 0.0001)" in run.deviations  # the fixture's config has no optim

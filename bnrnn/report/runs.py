@@ -7,6 +7,7 @@ validation, hardware, ...), ``metrics.jsonl`` (one row per epoch) and ``.hydra/c
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -113,6 +114,32 @@ class Run:
         """Completed the full protocol: the only runs a table may average without a mark."""
         return self.status == "completed" and not self.shortened
 
+    @property
+    def deviations(self) -> list[str]:
+        """How the run departs from its experiment's published protocol (``configs/paper/``):
+        final.json's list; for a run recorded before runs listed them, computed from its own
+        configuration against the experiment's protocol values as configured now."""
+        if "deviations" in self.final:
+            return list(self.final["deviations"])
+        paper = published_protocol(self.name)
+        if not paper or not self.config:
+            return []
+        from bnrnn.config import deviations
+
+        return deviations({**self.config, "paper": paper})
+
+    @property
+    def substitutes(self) -> list[str]:
+        """What the run stands in with that no value can say (a substitute corpus)."""
+        if "substitutes" in self.final:
+            return list(self.final["substitutes"])
+        return list((published_protocol(self.name) or {}).get("substitutes") or [])
+
+    @property
+    def scaled(self) -> bool:
+        """Run at other values than its published protocol's (model size, lr, corpus size...)."""
+        return bool(self.deviations)
+
     # -------------------------------------------------------------- numbers
     @property
     def best(self) -> dict:
@@ -148,6 +175,26 @@ class Run:
         """(epochs, values) of ``key`` for the plots; epochs without the key are skipped."""
         rows = [r for r in self.metrics if r.get(key) is not None]
         return [int(r["epoch"]) for r in rows], [float(r[key]) for r in rows]
+
+
+@functools.cache
+def published_protocol(experiment: str | None) -> dict | None:
+    """The ``paper:`` block of ``experiment=<experiment>`` as the configs give it now (None for
+    an experiment without one, or one that no longer exists)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from bnrnn.config import CONFIG_DIR
+
+    if not experiment or not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
+        return None
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"experiment={experiment}"])
+    except HydraException:
+        return None
+    paper = cfg.get("paper")
+    return None if paper is None else OmegaConf.to_container(paper, resolve=True)
 
 
 def load_run(path: str | Path) -> Run:

@@ -142,7 +142,9 @@ def findings(rows: list[Row]) -> str:
         ]
         agree = [c for c, ok in claims if ok]
         differ = [c for c, ok in claims if not ok]
-        text = "Against the paper's findings: "
+        scaled = any(run.scaled for run in base.runs + bn.runs)
+        text = ("On these scaled runs (not the paper's protocol), against the paper's findings: "
+                if scaled else "Against the paper's findings: ")
         text += ("reproduced: " + "; ".join(agree)) if agree else "none reproduced"
         text += (". Not reproduced: " + "; ".join(differ) + ".") if differ else "."
         sentences.append(text)
@@ -203,6 +205,7 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         *corpora,
         f"- Paper columns: {PAPER_SOURCE}. That corpus and label set differ from ours (WSJ is "
         "LDC-licensed, docs/reference.md §5), so compare the baseline-vs-BN pattern, not the values.",
+        *table.deviation_notes(rows),
         "",
         TABLE1.markdown(rows),
         "## Findings",

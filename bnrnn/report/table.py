@@ -138,7 +138,11 @@ class Row:
 
     @property
     def status(self) -> str:
-        return "complete" if self.complete else status_mark(self.runs[0])
+        """``complete``; ``scaled`` for a complete run off its published protocol's values; else
+        the run's mark (shortened, diverged, ...)."""
+        if not self.complete:
+            return status_mark(self.runs[0])
+        return "scaled" if any(r.scaled for r in self.runs) else "complete"
 
     @property
     def label(self) -> str:
@@ -191,6 +195,23 @@ def group_rows(runs: list[Run], row_class: type[Row], names: tuple[str, ...],
     return sorted(rows, key=lambda r: (ordered(names, r.name), ordered(protocols, r.protocol),
                                        ordered(variants, r.norm), r.extra, not r.complete,
                                        r.status, r.runs[0].seed or 0, str(r.runs[0].path)))
+
+
+def deviation_notes(rows: list[Row]) -> list[str]:
+    """One markdown bullet per experiment whose runs depart from its published protocol: each
+    deviation (from any of its runs) and each substitute, so no scaled number reads as the
+    paper's protocol."""
+    notes = []
+    for name in dict.fromkeys(r.name for r in rows):
+        runs = [run for r in rows if r.name == name for run in r.runs]
+        found = list(dict.fromkeys(d for run in runs for d in run.deviations))
+        substitutes = list(dict.fromkeys(s for run in runs for s in run.substitutes))
+        if found:
+            notes.append(f"- **Scaled:** `{name}` runs depart from the published protocol in "
+                         f"{'; '.join(found)}. Their numbers are not the paper's protocol.")
+        if substitutes:
+            notes.append(f"- **Substitute** in `{name}`: {'; '.join(substitutes)}.")
+    return notes
 
 
 def hardware(row) -> str | None:
