@@ -46,3 +46,19 @@ def test_campaign_refuses_to_reuse_its_work_directory(tmp_path):
     (tmp_path / "work" / "runs").mkdir(parents=True)
     p = campaign(tmp_path, "a experiment=ptb_small\n")
     assert p.returncode == 2 and "exists" in p.stderr
+
+
+def test_every_prepared_campaign_composes_and_validates(ptb_root):
+    """The job lists in scripts/campaigns/ are only ever run on a lent GPU: each job (and each
+    !prepare line) must at least be a valid configuration here."""
+    from bnrnn.config import validate
+    from tests.helpers import make_cfg
+
+    files = sorted((REPO / "scripts" / "campaigns").glob("*.txt"))
+    assert files
+    for path in files:
+        for line in path.read_text().splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            name, *overrides = line.split()
+            validate(make_cfg([*overrides, f"data.root={ptb_root}", "trainer.max_time=480"]))
