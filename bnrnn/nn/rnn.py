@@ -14,10 +14,9 @@ step too) and one γ, β shared over time, as in the appendix grid search.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_update
+from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_output, masked_update, member_linear
 
 
 class TanhLayer(RecurrentLayer):
@@ -34,9 +33,9 @@ class TanhLayer(RecurrentLayer):
         steps = p.unbind(0)  # not p[t]: each p[t]'s backward would allocate a full (T, B, H) zero tensor (O(T²))
         for t in range(p.shape[0]):
             m, s = None if mask is None else mask[t], t0 + t
-            h_t = torch.tanh(self.norm_sum.step(steps[t] + self.norm_hh.step(F.linear(h, self.weight_hh), s, m), s, m))
+            h_t = torch.tanh(self.norm_sum.step(steps[t] + self.norm_hh.step(member_linear(h, self.weight_hh), s, m), s, m))
             h = masked_update(m, h_t, h)
-            outs.append(h_t if m is None else h_t * m.unsqueeze(1).to(h_t.dtype))
+            outs.append(masked_output(m, h_t))
         return torch.stack(outs), (h,)
 
 
@@ -45,7 +44,8 @@ class NormRNN(RecurrentStack):
 
     Arguments as :class:`~bnrnn.nn.lstm.NormLSTM`. ``forward(input (T, B, I), state=None |
     h0 (L*D, B, H), lengths=None | (B,), *, t0=0)`` returns ``output (T, B, D*H), h_n
-    (L*D, B, H)`` like ``nn.RNN``; ``t0`` (streaming chunks) as NormLSTM's.
+    (L*D, B, H)`` like ``nn.RNN``; ``t0`` (streaming chunks) and ``population=M`` (input
+    (T, M, B, I), h0 (L*D, M, B, H), lengths (M, B) or (B,)) as NormLSTM's.
     """
 
     layer_class = TanhLayer

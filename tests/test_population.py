@@ -1,0 +1,179 @@
+"""Populations: ``population=M`` runs M independent layers side by side, and member m computes
+exactly what an ordinary layer with member m's parameters and statistics computes alone
+(outputs, final states, input gradients, parameter gradients, running statistics). And
+``population=None`` keeps today's results bit for bit (tests/fixtures/nn_outputs.pt)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnrnn.nn import VARIANTS, NormLSTM, NormRNN, SeqBatchNorm
+from bnrnn.nn.base import BadInput
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import make_nn_outputs  # noqa: E402  (the fixture's own recipe)
+
+f64 = torch.float64
+CASES = [(NormLSTM, n) for n in VARIANTS] + [(NormRNN, n) for n in NormRNN.norms_allowed]
+IDS = [f"{cls.__name__}-{norm}" for cls, norm in CASES]
+M, T, B, I, H = 3, 5, 4, 3, 4
+LENGTHS = [[5, 3, 4, 2], [2, 5, 5, 1], [5, 5, 5, 5]]  # each member its own padding
+
+
+def member_layers(cls, norm, n=M, **kw):
+    """n ordinary layers of one configuration, each with its own weights, perturbed γ/β and
+    random per-step population statistics."""
+    kw = {"num_layers": 2, "bidirectional": True, "max_steps": 4, "backend": "reference", **kw}
+    layers = []
+    for m in range(n):
+        torch.manual_seed(100 + m)
+        layer = cls(I, H, norm=norm, **kw).double()
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if "norm" in name:
+                    p.add_(0.3 * torch.rand_like(p))
+            for bn in layer.modules():
+                if isinstance(bn, SeqBatchNorm):
+                    bn.running_mean.normal_()
+                    bn.running_var.uniform_(0.5, 2.0)
+        layers.append(layer)
+    return layers
+
+
+def stacked(layers):
+    """The population of ``layers``, built here from their state dicts (independently of the
+    library's own ``stack``)."""
+    first = layers[0]
+    pop = type(first)(first.input_size, first.hidden_size, first.num_layers, first.bidirectional,
+                      first.dropout, first.norm, stats=first.stats, backend=first.backend,
+                      max_steps=first.options["max_steps"], population=len(layers)).double()
+    states = [layer.state_dict() for layer in layers]
+    pop.load_state_dict({k: torch.stack([s[k] for s in states]) for k in states[0]})
+    return pop
+
+
+def forward_backward(model, x, state, lengths, weights):
+    """Forward, then backward of Σ out·g + Σ_k c_k Σ state_k² with fixed weights g, c_k."""
+    x = x.detach().clone().requires_grad_()
+    state = tuple(s.detach().clone().requires_grad_() for s in state)
+    lstm = isinstance(model, NormLSTM)
+    out, last = model(x, state if lstm else state[0], lengths)
+    last = last if lstm else (last,)
+    g, c = weights
+    ((out * g).sum() + sum(ck * s.square().sum() for ck, s in zip(c, last))).backward()
+    return {"out": out, **{f"state{k}": s for k, s in enumerate(last)}, "dx": x.grad,
+            **{f"dstate{k}": s.grad for k, s in enumerate(state)},
+            **{"grad " + n: p.grad for n, p in model.named_parameters()},
+            **{"buffer " + n: b for n, b in model.named_buffers()}}
+
+
+def member_slice(key: str, value: torch.Tensor, m: int) -> torch.Tensor:
+    """Member m's part of a population result: activations carry M at axis 1 (input, output:
+    (T, M, B, .); states: (L*D, M, B, H)), parameters and buffers at axis 0."""
+    return value[:, m] if key.split()[0] in ("out", "dx") or key.startswith(("state", "dstate")) \
+        else value[m]
+
+
+def assert_members_alone(cls, norm, train, shared_lengths=False, **kw):
+    layers = member_layers(cls, norm, **kw)
+    pop = stacked(layers)
+    for model in (*layers, pop):
+        model.train(train)
+    L, D = layers[0].num_layers, layers[0].num_directions
+    x = torch.randn(T, M, B, I, dtype=f64)
+    n_states = 2 if cls is NormLSTM else 1
+    state = tuple(torch.randn(L * D, M, B, H, dtype=f64) for _ in range(n_states))
+    lengths = torch.tensor(LENGTHS[0] if shared_lengths else LENGTHS)
+    g = torch.linspace(-1, 1, T * M * B * D * H, dtype=f64).view(T, M, B, D * H)
+    c = (0.3, 0.7)
+    got = forward_backward(pop, x, state, lengths, (g, c))
+    for m, layer in enumerate(layers):
+        alone = forward_backward(layer, x[:, m], tuple(s[:, m] for s in state),
+                                 lengths if shared_lengths else lengths[m], (g[:, m], c))
+        assert alone.keys() == got.keys()
+        for k in alone:
+            torch.testing.assert_close(member_slice(k, got[k], m), alone[k], rtol=1e-10, atol=1e-12,
+                                       msg=lambda e: f"member {m} {k}: {e}")
+
+
+# ----------------------------------------------------------------------------- reference loop
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls, norm", CASES, ids=IDS)
+def test_each_member_computes_what_it_computes_alone(cls, norm, train):
+    assert_members_alone(cls, norm, train)
+
+
+@pytest.mark.parametrize("norm", ["bn_input", "bn_recurrent"])
+def test_sequence_wise_statistics_are_each_members_own(norm):
+    assert_members_alone(NormLSTM, norm, True, stats="sequence")
+
+
+def test_shared_lengths_apply_to_every_member():
+    assert_members_alone(NormLSTM, "bn_recurrent", True, shared_lengths=True)
+
+
+def test_one_step_streaming_with_t0_in_a_population():
+    layers = member_layers(NormLSTM, "bn_recurrent", bidirectional=False)
+    pop = stacked(layers).eval()
+    x = torch.randn(7, M, B, I, dtype=f64)  # longer than max_steps = 4
+    with torch.no_grad():
+        whole, _ = pop(x)
+        first, state = pop(x[:3])
+        rest, _ = pop(x[3:], state, t0=3)
+    torch.testing.assert_close(torch.cat([first, rest]), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_population_parameters_and_buffers_have_a_leading_member_axis():
+    plain, pop = NormLSTM(I, H, norm="bn_recurrent"), NormLSTM(I, H, norm="bn_recurrent", population=M)
+    plain_shapes = {k: v.shape for k, v in plain.state_dict().items()}
+    assert {k: v.shape for k, v in pop.state_dict().items()} == \
+        {k: (M, *s) for k, s in plain_shapes.items()}
+    # each member initialised as a layer of its own: forget-gate bias 1, its own weights
+    layer = pop.layers[0]
+    assert torch.all(layer.bias[:, H:2 * H] == 1.0)
+    assert not torch.equal(layer.weight_hh[0], layer.weight_hh[1])
+    ortho = NormLSTM(I, H, norm="bn_recurrent", init="orthogonal", population=2).layers[0].weight_hh
+    for m in range(2):
+        block = ortho[m, :H]
+        torch.testing.assert_close(block @ block.T, torch.eye(H), atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- population=None unchanged
+@pytest.mark.parametrize("case", list(make_nn_outputs.CASES))
+def test_without_a_population_results_are_bit_identical_to_before(case):
+    expected = torch.load(Path(__file__).parent / "fixtures" / "nn_outputs.pt")[case]
+    got = make_nn_outputs.pack(make_nn_outputs.compute(case))
+    assert got["keys"] == expected["keys"] and got["shapes"] == expected["shapes"]
+    assert torch.equal(got["flat"], expected["flat"]), \
+        f"{case}: max |difference| {(got['flat'] - expected['flat']).abs().max().item():.3e}"
+
+
+# ----------------------------------------------------------------------------- errors
+def test_population_input_errors():
+    pop = NormLSTM(I, H, norm="bn_input", population=M).double()
+    x = torch.randn(T, M, B, I, dtype=f64)
+    with pytest.raises(BadInput, match=r"NormLSTM\(population=3\): input must have 4 dimensions, got 3 "
+                                        r"\(expected input \(T, 3, B, 3\)"):
+        pop(x[:, 0])
+    with pytest.raises(BadInput, match=r"input.size\(1\) must be the population size 3"):
+        pop(torch.randn(T, 2, B, I, dtype=f64))
+    with pytest.raises(BadInput, match=r"Expected hidden\[0\] size \(1, 3, 4, 4\), got \[1, 2, 4, 4\]"):
+        pop(x, (torch.zeros(1, 2, B, H, dtype=f64),) * 2)
+    with pytest.raises(BadInput, match=r"For batched 4-D input, hx and cx should also be 4-D"):
+        pop(x, (torch.zeros(1, B, H, dtype=f64),) * 2)
+    with pytest.raises(BadInput, match=r"lengths must be \(M, B\) = \(3, 4\), one per sequence of "
+                                        r"each member, or \(B,\) = \(4,\), shared; got shape \(2, 4\)"):
+        pop(x, lengths=torch.ones(2, B, dtype=torch.long))
+    with pytest.raises(BadInput, match=r"lengths must be \(M, B\)=\(3, 4\) in \[1, 5\]"):
+        pop(x, lengths=torch.zeros(M, B, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"population must be None or a positive int"):
+        NormLSTM(I, H, population=0)
+    with pytest.raises(ValueError, match=r"backend='native'.*cannot give each member"):
+        NormRNN(I, H, population=2, backend="native")
+
+
+def test_norm_none_population_runs_our_loop_not_cudnn():
+    pop = NormLSTM(I, H, population=2)
+    assert pop.resolve_backend(torch.zeros(T, 2, B, I)) == "reference"
+    assert NormLSTM(I, H).resolve_backend(torch.zeros(T, B, I)) == "native"
