@@ -1,6 +1,7 @@
 """Populations: ``population=M`` runs M independent layers side by side, and member m computes
 exactly what an ordinary layer with member m's parameters and statistics computes alone
-(outputs, final states, input gradients, parameter gradients, running statistics). And
+(outputs, final states, input gradients, parameter gradients, running statistics):
+``stack`` -> forward/backward -> ``member(m)`` equals the member run alone. And
 ``population=None`` keeps today's results bit for bit (tests/fixtures/nn_outputs.pt)."""
 import sys
 from pathlib import Path
@@ -75,11 +76,20 @@ def member_slice(key: str, value: torch.Tensor, m: int) -> torch.Tensor:
         else value[m]
 
 
+def assert_state_dicts_equal(a, b, what):
+    assert a.keys() == b.keys(), what
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-12, msg=lambda e: f"{what} {k}: {e}")
+
+
 def assert_members_alone(cls, norm, train, shared_lengths=False, **kw):
     layers = member_layers(cls, norm, **kw)
-    pop = stacked(layers)
-    for model in (*layers, pop):
-        model.train(train)
+    for layer in layers:
+        layer.train(train)
+    pop = cls.stack(layers)
+    assert pop.training == train and pop.population == M
+    independent = stacked(layers).state_dict()
+    assert all(torch.equal(v, independent[k]) for k, v in pop.state_dict().items())
     L, D = layers[0].num_layers, layers[0].num_directions
     x = torch.randn(T, M, B, I, dtype=f64)
     n_states = 2 if cls is NormLSTM else 1
@@ -95,6 +105,8 @@ def assert_members_alone(cls, norm, train, shared_lengths=False, **kw):
         for k in alone:
             torch.testing.assert_close(member_slice(k, got[k], m), alone[k], rtol=1e-10, atol=1e-12,
                                        msg=lambda e: f"member {m} {k}: {e}")
+        # the member taken out after training holds what the member trained alone holds
+        assert_state_dicts_equal(pop.member(m).state_dict(), layer.state_dict(), f"member({m})")
 
 
 # ----------------------------------------------------------------------------- reference loop
@@ -137,6 +149,59 @@ def test_population_parameters_and_buffers_have_a_leading_member_axis():
     for m in range(2):
         block = ortho[m, :H]
         torch.testing.assert_close(block @ block.T, torch.eye(H), atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- stack and member
+def test_member_is_an_independent_ordinary_copy():
+    layers = member_layers(NormRNN, "bn_sum", num_layers=1, bidirectional=False)
+    pop = NormRNN.stack(layers).eval()
+    first = pop.member(0)
+    assert first.population is None and not first.training and type(first) is NormRNN
+    assert first.configuration() == layers[0].configuration()
+    x = torch.randn(T, B, I, dtype=f64)
+    with torch.no_grad():
+        torch.testing.assert_close(first(x)[0], layers[0].eval()(x)[0], rtol=0, atol=0)
+        first.layers[0].weight_hh.zero_()  # a copy: the population is untouched
+    assert not torch.equal(pop.layers[0].weight_hh[0], first.layers[0].weight_hh)
+    torch.testing.assert_close(pop.member(-1).state_dict()["layers.0.weight_hh"],
+                               layers[-1].state_dict()["layers.0.weight_hh"], rtol=0, atol=0)
+
+
+def test_stack_of_members_is_the_population_again_and_leaves_the_rng_alone():
+    pop = NormLSTM.stack(member_layers(NormLSTM, "ln"))
+    rng = torch.get_rng_state()
+    again = NormLSTM.stack([pop.member(m) for m in range(M)])
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in pop.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_stack_and_member_errors():
+    layers = member_layers(NormLSTM, "bn_recurrent", n=2, num_layers=1, bidirectional=False)
+    with pytest.raises(ValueError, match=r"NormLSTM.stack: needs at least one layer"):
+        NormLSTM.stack([])
+    with pytest.raises(TypeError, match=r"layers\[1\] is a NormRNN, not a NormLSTM"):
+        NormLSTM.stack([layers[0], NormRNN(I, H, norm="bn_sum").double()])
+    other = NormLSTM(I, H, norm="bn_recurrent", max_steps=9, backend="reference").double()
+    with pytest.raises(ValueError, match=r"layers\[1\] has max_steps=9 \(layers\[0\]: 4\)"):
+        NormLSTM.stack([layers[0], other])
+    layers[1].eval()
+    with pytest.raises(ValueError, match=r"layers\[1\] has self.training=False \(layers\[0\]: True\)"):
+        NormLSTM.stack(layers)
+    layers[1].train()
+    layers[1].layers[0].norm_hh.eps = 1e-3
+    with pytest.raises(ValueError, match=r"layers.0.norm_hh.eps=0.001 \(layers\[0\]: 1e-05\)"):
+        NormLSTM.stack(layers)
+    layers[1].layers[0].norm_hh.eps = 1e-5
+    with pytest.raises(ValueError, match=r"weight_ih is torch.float32 on cpu, layers\[0\]'s torch.float64"):
+        NormLSTM.stack([layers[0], layers[1].float()])
+    pop = NormLSTM.stack([layers[0], layers[1].double()])
+    with pytest.raises(ValueError, match=r"already a population of 2; stack its members"):
+        NormLSTM.stack([pop])
+    with pytest.raises(IndexError, match=r"m must be in \[0, 2\)"):
+        pop.member(2)
+    with pytest.raises(ValueError, match=r"not a population"):
+        layers[0].member(0)
 
 
 # ----------------------------------------------------------------------------- population=None unchanged

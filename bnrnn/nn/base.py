@@ -18,14 +18,16 @@ it always did.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnrnn.nn import fused
-from bnrnn.nn.norms import STATS, SeqBatchNorm, check_population, leading, per_member
+from bnrnn.nn.norms import STATS, SeqBatchNorm, SeqLayerNorm, check_population, leading, per_member
 from bnrnn.nn.variants import VARIANTS, Variant, make_norm
 
 INITS = ("pytorch", "uniform", "glorot", "orthogonal")
@@ -250,6 +252,81 @@ class RecurrentStack(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    # ------------------------------------------------------------------ populations
+    def configuration(self) -> dict:
+        """The constructor's arguments that build a layer of this configuration (all but
+        ``population``)."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bidirectional=self.bidirectional,
+                    dropout=self.dropout, norm=self.norm, stats=self.stats, backend=self.backend,
+                    **self.options)
+
+    @classmethod
+    def stack(cls, layers: Sequence["RecurrentStack"]) -> "RecurrentStack":
+        """The population of ``layers`` (M ordinary layers of one configuration, dtype and
+        device): member m holds a copy of layers[m]'s parameters and statistics, and the
+        population's modules take layers[0]'s training modes. Leaves the RNG untouched."""
+        name = f"{cls.__name__}.stack"
+        layers = list(layers)
+        if not layers:
+            raise ValueError(f"{name}: needs at least one layer")
+        for k, layer in enumerate(layers):
+            if type(layer) is not cls:
+                raise TypeError(f"{name}: layers[{k}] is a {type(layer).__name__}, not a {cls.__name__}")
+            if layer.population is not None:
+                raise ValueError(f"{name}: layers[{k}] is already a population of "
+                                 f"{layer.population}; stack its members (.member(m)) instead")
+        first = layers[0]
+        for k, layer in enumerate(layers[1:], 1):
+            differ = [f"{key}={value!r} (layers[0]: {first.configuration()[key]!r})"
+                      for key, value in layer.configuration().items() if value != first.configuration()[key]]
+            differ += [f"{where}={value!r} (layers[0]: {theirs!r})"
+                       for where, value, theirs in _settings_differ(layer, first)]
+            if differ:
+                raise ValueError(f"{name}: every layer needs layers[0]'s configuration; layers[{k}] "
+                                 f"has {', '.join(differ)}")
+        states = [layer.state_dict() for layer in layers]
+        for k, state in enumerate(states[1:], 1):
+            for key, value in state.items():
+                if (value.dtype, value.device) != (states[0][key].dtype, states[0][key].device):
+                    raise ValueError(f"{name}: layers[{k}].{key} is {value.dtype} on {value.device}, "
+                                     f"layers[0]'s {states[0][key].dtype} on {states[0][key].device}: "
+                                     f"convert them to one dtype and device first")
+        population = first._like(population=len(layers))
+        population.load_state_dict({key: torch.stack([s[key] for s in states]) for key in states[0]})
+        return population
+
+    def member(self, m: int) -> "RecurrentStack":
+        """Member m of this population as an ordinary layer: a copy of its parameters,
+        statistics, training modes and norm settings (changing one never changes the other)."""
+        name = f"{self._name}.member"
+        if self.population is None:
+            raise ValueError(f"{name}: this {type(self).__name__} is not a population (population=None)")
+        try:
+            m = operator.index(m)
+        except TypeError:
+            raise TypeError(f"{name}: m must be an int; got {type(m).__name__}") from None
+        if not -self.population <= m < self.population:
+            raise IndexError(f"{name}: m must be in [0, {self.population}) (or negative from the "
+                             f"end); got {m}")
+        layer = self._like(population=None)
+        layer.load_state_dict({key: value[m] for key, value in self.state_dict().items()})
+        return layer
+
+    def _like(self, population: int | None) -> "RecurrentStack":
+        """A new stack of this configuration, dtype, device, modes and norm settings, its
+        parameters left as initialised (without drawing from the global RNG)."""
+        weight = self.layers[0].weight_ih
+        with torch.random.fork_rng(devices=[]):  # initialisation draws are overwritten anyway
+            new = type(self)(**self.configuration(), population=population)
+        new = new.to(weight.device, weight.dtype)
+        for mine, theirs in zip(self.modules(), new.modules()):
+            theirs.training = mine.training
+            for attr in _NORM_SETTINGS:
+                if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and hasattr(mine, attr):
+                    setattr(theirs, attr, getattr(mine, attr))
+        return new
+
     def reset_parameters(self) -> None:
         for layer in self.layers:
             layer.reset_parameters()
@@ -470,6 +547,22 @@ class RecurrentStack(nn.Module):
             nn.utils.rnn.PackedSequence(out, packed.batch_sizes, order, unorder),
             total_length=input.shape[0])
         return out, tuple(s.index_select(1, unorder) for s in last)
+
+
+# what a norm module may have been changed in after construction, and must match in a population
+_NORM_SETTINGS = ("eps", "momentum")
+
+
+def _settings_differ(a: nn.Module, b: nn.Module):
+    """(where, a's value, b's value) of each training mode and norm setting in which two stacks
+    of one configuration differ."""
+    for (where, mine), (_, theirs) in zip(a.named_modules(), b.named_modules()):
+        where = where or "self"
+        if mine.training != theirs.training:
+            yield f"{where}.training", mine.training, theirs.training
+        for attr in _NORM_SETTINGS:
+            if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and getattr(mine, attr, None) != getattr(theirs, attr, None):
+                yield f"{where}.{attr}", getattr(mine, attr, None), getattr(theirs, attr, None)
 
 
 def _check(cls: str, arg: str, value, allowed) -> None:
