@@ -16,6 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import make_nn_outputs  # noqa: E402  (the fixture's own recipe)
 
 f64 = torch.float64
+# The interpreter evaluates padded rows too (their results are discarded by the kernels' masks);
+# a batch norm over a member's lone real row scales them by 1/sqrt(eps), and numpy warns when
+# its exp of such a discarded value overflows to inf.
+padded_rows_overflow = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 CASES = [(NormLSTM, n) for n in VARIANTS] + [(NormRNN, n) for n in NormRNN.norms_allowed]
 IDS = [f"{cls.__name__}-{norm}" for cls, norm in CASES]
 M, T, B, I, H = 3, 5, 4, 3, 4
@@ -82,11 +86,15 @@ def assert_state_dicts_equal(a, b, what):
         torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-12, msg=lambda e: f"{what} {k}: {e}")
 
 
-def assert_members_alone(cls, norm, train, shared_lengths=False, **kw):
-    layers = member_layers(cls, norm, **kw)
+def assert_members_alone(cls, norm, train, shared_lengths=False, backend="reference",
+                         alone_backend=None, **kw):
+    """A population on ``backend`` against each member alone on ``alone_backend`` (the same
+    by default)."""
+    layers = member_layers(cls, norm, backend=alone_backend or backend, **kw)
     for layer in layers:
         layer.train(train)
     pop = cls.stack(layers)
+    pop.backend = backend
     assert pop.training == train and pop.population == M
     independent = stacked(layers).state_dict()
     assert all(torch.equal(v, independent[k]) for k, v in pop.state_dict().items())
@@ -109,11 +117,31 @@ def assert_members_alone(cls, norm, train, shared_lengths=False, **kw):
         assert_state_dicts_equal(pop.member(m).state_dict(), layer.state_dict(), f"member({m})")
 
 
-# ----------------------------------------------------------------------------- reference loop
+# ----------------------------------------------------------------------------- every backend
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("cls, norm", CASES, ids=IDS)
 def test_each_member_computes_what_it_computes_alone(cls, norm, train):
     assert_members_alone(cls, norm, train)
+
+
+@padded_rows_overflow
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls, norm", CASES, ids=IDS)
+def test_fused_each_member_computes_what_it_computes_alone(cls, norm, train):
+    """The step kernels with a member axis in their grid (Triton interpreter on CPU) against each
+    member alone on the reference loop (which tests/test_fused.py holds the kernels to at M = 1),
+    one layer: the interpreter is slow, and the stack and directions are the same code as on
+    the reference loop; the slow tier runs them, members alone on the kernels too."""
+    assert_members_alone(cls, norm, train, backend="fused", alone_backend="reference",
+                         num_layers=1, bidirectional=False)
+
+
+@pytest.mark.slow
+@padded_rows_overflow
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls, norm", CASES, ids=IDS)
+def test_fused_bidirectional_stack_each_member_computes_what_it_computes_alone(cls, norm, train):
+    assert_members_alone(cls, norm, train, backend="fused")
 
 
 @pytest.mark.parametrize("norm", ["bn_input", "bn_recurrent"])
@@ -241,4 +269,55 @@ def test_population_input_errors():
 def test_norm_none_population_runs_our_loop_not_cudnn():
     pop = NormLSTM(I, H, population=2)
     assert pop.resolve_backend(torch.zeros(T, 2, B, I)) == "reference"
+    assert pop.resolve_backend(torch.zeros(T, 2, B, I), compiled=True) == "fused"  # as on a GPU
     assert NormLSTM(I, H).resolve_backend(torch.zeros(T, B, I)) == "native"
+
+
+# ----------------------------------------------------------------------------- GPU tier
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("cls, norm", CASES, ids=IDS)
+def test_gpu_fused_population_within_the_references_own_rounding(cls, norm):
+    """Compiled kernels with a member axis (fp32, TF32 off, CUDA graphs from the second call)
+    and the fp32 reference loop, both against the float64 reference population: the fused
+    error stays within 3x the reference's own fp32 rounding error."""
+    import copy
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    Tg, Mg, Bg, Hg = 20, 4, 16, 64
+    torch.manual_seed(0)
+    ref = cls(Hg, Hg, 2, False, 0.0, norm, backend="reference", population=Mg).to("cuda", f64)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.rand_like(p))
+    ref.train()
+    ref(torch.randn(Tg, Mg, Bg, Hg, device="cuda", dtype=f64))  # population statistics != init
+    ref32, fus = copy.deepcopy(ref).float(), copy.deepcopy(ref).float()
+    fus.backend = "fused"
+    lengths = torch.randint(Tg // 2, Tg + 1, (Mg, Bg), device="cuda")
+    lengths[:, 0] = Tg
+    for call in range(3):
+        for train in (True, False):
+            x = torch.randn(Tg, Mg, Bg, Hg, device="cuda", dtype=f64)
+            results = []
+            for m, xx in ((ref, x), (ref32, x.float()), (fus, x.float())):
+                m.train(train)
+                xx = xx.clone().requires_grad_()
+                out, _ = m(xx, lengths=lengths)
+                (out.square().sum()).backward()
+                results.append({"out": out, "dx": xx.grad, **{n: p.grad for n, p in m.named_parameters()},
+                                **{n: b for n, b in m.named_buffers() if b.is_floating_point()}})
+                m.zero_grad(set_to_none=True)
+            a, r, b = results
+            for k in a:
+                e_fused, e_ref = rel(b[k], a[k]), rel(r[k], a[k])
+                assert e_fused <= max(3 * e_ref, 1e-5), \
+                    f"call {call} train={train} {k}: fused {e_fused:.2e} vs fp32 reference {e_ref:.2e}"
