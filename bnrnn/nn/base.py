@@ -480,8 +480,8 @@ class RecurrentStack(nn.Module):
             raise BadInput(f"{name}: lengths must be an integer tensor (torch.int64), not "
                            f"{lengths.dtype}: the number of real frames of each sequence")
         if tuple(lengths.shape) != (B,) and (M is None or tuple(lengths.shape) != (M, B)):
-            raise BadInput(f"{name}: lengths must be {shapes}" + (", one length per sequence" if M is None else "")
-                           + f"; got shape {tuple(lengths.shape)}")
+            per = ", one length per sequence" if M is None else ""
+            raise BadInput(f"{name}: lengths must be {shapes}{per}; got shape {tuple(lengths.shape)}")
         lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # one transfer for both bounds
         if lo < 1 or hi > T:
             form = f"(B,)=({B},)" if lengths.dim() == 1 else f"(M, B)=({M}, {B})"
@@ -560,9 +560,11 @@ def _settings_differ(a: nn.Module, b: nn.Module):
         where = where or "self"
         if mine.training != theirs.training:
             yield f"{where}.training", mine.training, theirs.training
-        for attr in _NORM_SETTINGS:
-            if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and getattr(mine, attr, None) != getattr(theirs, attr, None):
-                yield f"{where}.{attr}", getattr(mine, attr, None), getattr(theirs, attr, None)
+        if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)):
+            for attr in _NORM_SETTINGS:
+                ours, others = getattr(mine, attr, None), getattr(theirs, attr, None)
+                if ours != others:
+                    yield f"{where}.{attr}", ours, others
 
 
 def _check(cls: str, arg: str, value, allowed) -> None:
