@@ -153,9 +153,10 @@ def test_shared_lengths_apply_to_every_member():
     assert_members_alone(NormLSTM, "bn_recurrent", True, shared_lengths=True)
 
 
-def test_one_step_streaming_with_t0_in_a_population():
-    layers = member_layers(NormLSTM, "bn_recurrent", bidirectional=False)
-    pop = stacked(layers).eval()
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_streaming_with_t0_in_a_population(backend):
+    layers = member_layers(NormLSTM, "bn_recurrent", num_layers=1, bidirectional=False, backend=backend)
+    pop = NormLSTM.stack(layers).eval()
     x = torch.randn(7, M, B, I, dtype=f64)  # longer than max_steps = 4
     with torch.no_grad():
         whole, _ = pop(x)
@@ -304,8 +305,10 @@ def test_gpu_fused_population_within_the_references_own_rounding(cls, norm):
     ref(torch.randn(Tg, Mg, Bg, Hg, device="cuda", dtype=f64))  # population statistics != init
     ref32, fus = copy.deepcopy(ref).float(), copy.deepcopy(ref).float()
     fus.backend = "fused"
+    # padded, with half of every member's rows full length: a frame-wise statistic over the one
+    # or two rows left at a step is so ill-conditioned that either path's rounding is amplified
     lengths = torch.randint(Tg // 2, Tg + 1, (Mg, Bg), device="cuda")
-    lengths[:, 0] = Tg
+    lengths[:, :Bg // 2] = Tg
     for call in range(3):
         for train in (True, False):
             x = torch.randn(Tg, Mg, Bg, Hg, device="cuda", dtype=f64)
