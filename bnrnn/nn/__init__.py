@@ -1,5 +1,6 @@
 """Normalized recurrent layers: ``NormLSTM`` and ``NormRNN`` with the variants of
-``bnrnn.nn.variants``, their normalization modules, and population-statistics re-estimation."""
+``bnrnn.nn.variants``, their normalization modules, and population-statistics re-estimation.
+``population=M`` runs M independent layers as one (docs/population.md)."""
 from bnrnn.nn.lstm import NormLSTM
 from bnrnn.nn.norms import (NoNorm, SeqBatchNorm, SeqLayerNorm, batch_statistics,
                              update_population_statistics)

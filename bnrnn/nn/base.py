@@ -4,19 +4,30 @@ dropout and state handling (:class:`RecurrentStack`). ``NormLSTM`` and ``NormRNN
 their cell's time step.
 
 Shapes are time-major like ``nn.LSTM``: input (T, B, I), output (T, B, D*H), states
-(L*D, B, H), ``lengths`` (B,). Gate order i, f, g, o (``nn.LSTM``'s).
+(L*D, B, H), ``lengths`` (B,). Gate order i, f, g, o (``nn.LSTM``'s). ``t0`` is the absolute
+time step of the input's first frame (a chunk of a stream, the state carried): frame-wise
+batch-norm statistics of frame t are those of step t0 + t.
+
+A population (``population=M``, docs/population.md) puts M independent layers side by side:
+every parameter and buffer gains a leading axis M, and every activation an axis M just before
+the batch: input (T, M, B, I), output (T, M, B, D*H), states (L*D, M, B, H), ``lengths`` (M, B).
+The code is the same for both: products go through :func:`member_linear`, reductions over the
+batch axis -2, per-member vectors broadcast as (M, 1, F), so ``population=None`` computes what
+it always did.
 """
 from __future__ import annotations
 
 import math
+import operator
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnrnn.nn import fused
-from bnrnn.nn.norms import STATS, SeqBatchNorm
+from bnrnn.nn.norms import STATS, SeqBatchNorm, SeqLayerNorm, check_population, leading, per_member
 from bnrnn.nn.variants import VARIANTS, Variant, make_norm
 
 INITS = ("pytorch", "uniform", "glorot", "orthogonal")
@@ -28,32 +39,50 @@ class BadInput(ValueError, RuntimeError):
     and a RuntimeError (what ``nn.LSTM`` raises for the same mistakes), so either is caught."""
 
 
+def _time_axis(T: int, lengths: Tensor) -> Tensor:
+    """0 .. T-1 shaped (T, 1, ...) to broadcast against lengths[None] ((1, B) or (1, M, B))."""
+    return torch.arange(T, device=lengths.device).view(T, *([1] * lengths.dim()))
+
+
 def lengths_mask(lengths: Tensor | None, T: int) -> Tensor | None:
-    """(B,) lengths -> (T, B) bool, True on real frames; None stays None."""
+    """(B,) lengths -> (T, B) bool, True on real frames ((M, B) -> (T, M, B)); None stays None."""
     if lengths is None:
         return None
-    return torch.arange(T, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
+    return _time_axis(T, lengths) < lengths.unsqueeze(0)
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Reverse each sequence of x (T, B, ...) over its own real frames; padding stays in place.
+    """Reverse each sequence of x (T, B, ...) over its own real frames; padding stays in place
+    (x (T, M, B, ...) with lengths (M, B): each member's sequences).
 
     Sequence b's frame t < lengths[b] goes to lengths[b] - 1 - t, so the reversed sequences all
     start at t = 0 and share the forward direction's mask. Applying it twice is the identity.
     """
     if lengths is None:
         return x.flip(0)
-    T = x.shape[0]
-    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
-    L = lengths.to(x.device).unsqueeze(0)                # (1, B)
-    idx = torch.where(t < L, L - 1 - t, t)               # (T, B)
-    return x.gather(0, idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
+    T, lengths = x.shape[0], lengths.to(x.device)
+    t = _time_axis(T, lengths)                           # (T, 1[, 1])
+    L = lengths.unsqueeze(0)                             # (1, [M,] B)
+    idx = torch.where(t < L, L - 1 - t, t)               # (T, [M,] B)
+    return x.gather(0, idx.view(*idx.shape, *([1] * (x.dim() - idx.dim()))).expand_as(x))
+
+
+def member_linear(x: Tensor, w: Tensor) -> Tensor:
+    """x W^T: for a weight w (N, K), of all of x (..., K); for per-member weights w (M, N, K),
+    of x (..., M, B, K), member m's rows times its own w[m] -> (..., M, B, N) (one batched GEMM)."""
+    if w.dim() == 2:
+        return F.linear(x, w)
+    xm = x.movedim(-3, 0)                                # (M, ..., B, K)
+    y = torch.bmm(xm.reshape(xm.shape[0], -1, xm.shape[-1]), w.transpose(1, 2))
+    return y.view(*xm.shape[:-1], w.shape[1]).movedim(0, -3)
 
 
 class RecurrentLayer(nn.Module):
     """One direction of one layer: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias`` (G*H)
     or None, and the normalization slots ``norm_ih``, ``norm_hh``, ``norm_sum`` (G*H features)
     and, for cells with a memory, ``norm_cell`` (H), G gates per unit (4 for the LSTM, 1 for tanh).
+    With ``population=M`` each parameter and buffer has a leading axis M, and activations an
+    axis M before the batch (module doc).
 
     Subclasses set ``gates`` and implement ``reference_recurrence``; the fused recurrence in
     :mod:`bnrnn.nn.fused` computes the same function.
@@ -64,15 +93,18 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, variant: Variant, *, stats: str,
                  max_steps: int, momentum: float | None, eps: float, gamma: float,
-                 init: str, init_range: float, forget_bias: float | None):
+                 init: str, init_range: float, forget_bias: float | None,
+                 population: int | None = None):
         super().__init__()
         self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.init, self.init_range, self.forget_bias = init, init_range, forget_bias
-        G = self.gates * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(G, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size))
-        self.bias = nn.Parameter(torch.empty(G)) if variant.bias else None
-        opts = dict(max_steps=max_steps, momentum=momentum, eps=eps, gamma=gamma)
+        self.population = population
+        G, lead = self.gates * hidden_size, leading(population)
+        self.weight_ih = nn.Parameter(torch.empty(*lead, G, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(*lead, G, hidden_size))
+        self.bias = nn.Parameter(torch.empty(*lead, G)) if variant.bias else None
+        opts = dict(max_steps=max_steps, momentum=momentum, eps=eps, gamma=gamma,
+                    population=population)
         # N_ih sees whole sequences (frame- or sequence-wise); the others act per step (frame-wise).
         self.norm_ih = make_norm(variant.ih, G, stats=stats, **opts)
         self.norm_hh = make_norm(variant.hh, G, stats="frame", **opts)
@@ -97,7 +129,8 @@ class RecurrentLayer(nn.Module):
         uniform: U(±init_range) for weights and bias (Zaremba et al.);
         glorot: each gate's (H, I) and (H, H) matrix Glorot-uniform, bias 0 (Laurent et al.);
         orthogonal: each gate's matrices (semi-)orthogonal, bias 0 (Cooijmans et al.).
-        Then the forget-gate block of the gate shift is set to ``forget_bias`` if given.
+        Then the forget-gate block of the gate shift is set to ``forget_bias`` if given. Each
+        member of a population is initialised as a layer of its own.
         """
         H = self.hidden_size
         weights = (self.weight_ih, self.weight_hh)
@@ -109,8 +142,9 @@ class RecurrentLayer(nn.Module):
         else:
             fill = nn.init.xavier_uniform_ if self.init == "glorot" else nn.init.orthogonal_
             for w in weights:
-                for g in range(self.gates):
-                    fill(w[g * H:(g + 1) * H])
+                for member in (w,) if self.population is None else w.unbind(0):  # views
+                    for g in range(self.gates):
+                        fill(member[g * H:(g + 1) * H])
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
         for norm in self.norms():
@@ -118,42 +152,52 @@ class RecurrentLayer(nn.Module):
                 norm.reset_parameters()
         shift = self.gate_shift()
         if self.forget_bias is not None and shift is not None and self.gates == 4:
-            shift[H:2 * H] = self.forget_bias
+            shift[..., H:2 * H] = self.forget_bias
 
     def norms(self) -> list[nn.Module]:
         return [self.norm_ih, self.norm_hh, self.norm_sum] + ([self.norm_cell] if self.has_cell else [])
 
-    def input_term(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """N_ih(W_x x) + b for all time steps at once: x (T, B, I) -> (T, B, G*H)."""
-        p = self.norm_ih(F.linear(x, self.weight_ih), mask)
-        return p + self.bias if self.bias is not None else p
+    def input_term(self, x: Tensor, mask: Tensor | None, t0: int = 0) -> Tensor:
+        """N_ih(W_x x) + b for all time steps at once: x (T, [M,] B, I) -> (T, [M,] B, G*H);
+        x[t] is time step t0 + t."""
+        p = self.norm_ih(member_linear(x, self.weight_ih), mask, t0)
+        return p + per_member(self.bias) if self.bias is not None else p
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
-                backend: str) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """x (T, B, I), state tuple of (B, H), mask (T, B) or None -> output (T, B, H), state."""
-        p = self.input_term(x, mask)
+                backend: str, t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """x (T, B, I), state tuple of (B, H), mask (T, B) or None -> output (T, B, H), state;
+        x[t] is time step t0 + t. With a population: (T, M, B, I), (M, B, H), (T, M, B)."""
+        p = self.input_term(x, mask, t0)
         if backend == "fused":
-            return fused.recurrence(self, p, state, mask)
-        return self.reference_recurrence(p, state, mask)
+            return fused.recurrence(self, p, state, mask, t0)
+        return self.reference_recurrence(p, state, mask, t0)
 
-    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, ...],
-                             mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
+                             t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}"
+        members = "" if self.population is None else f", population={self.population}"
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}{members}"
 
 
 def masked_update(m: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
-    """The state after a step: ``new`` on real frames, ``old`` frozen after a sequence's end."""
-    return new if m is None else torch.where(m.unsqueeze(1), new, old)
+    """The state after a step: ``new`` on real frames, ``old`` frozen after a sequence's end
+    (m ([M,] B) bool, states ([M,] B, H))."""
+    return new if m is None else torch.where(m.unsqueeze(-1), new, old)
+
+
+def masked_output(m: Tensor | None, h: Tensor) -> Tensor:
+    """A step's output: h on real frames, zero on padding."""
+    return h if m is None else h * m.unsqueeze(-1).to(h.dtype)
 
 
 class RecurrentStack(nn.Module):
     """``num_layers`` x ``D`` directions of a :class:`RecurrentLayer`, with dropout between layers.
 
     Subclasses set ``layer_class``, ``norms_allowed``, ``native`` (the ``torch._VF`` function
-    of the unnormalized cell: cuDNN on GPU) and the number of state tensors.
+    of the unnormalized cell: cuDNN on GPU) and the number of state tensors. ``population=M``
+    makes every layer a population of M members (module doc).
     """
 
     layer_class: type[RecurrentLayer]
@@ -164,9 +208,11 @@ class RecurrentStack(nn.Module):
                  bidirectional: bool = False, dropout: float = 0.0, norm: str = "none", *,
                  init: str = "pytorch", init_range: float = 0.1, forget_bias: float | None = None,
                  stats: str = "frame", gamma_init: float | None = None, max_steps: int = 100,
-                 momentum: float | None = 0.1, eps: float = 1e-5, backend: str = "auto"):
+                 momentum: float | None = 0.1, eps: float = 1e-5, backend: str = "auto",
+                 population: int | None = None):
         super().__init__()
         name = type(self).__name__
+        check_population(name, population)
         _check(name, "norm", norm, self.norms_allowed)
         _check(name, "init", init, INITS)
         _check(name, "stats", stats, STATS)
@@ -174,6 +220,10 @@ class RecurrentStack(nn.Module):
         if backend == "native" and norm != "none":
             raise ValueError(f"{name}: backend='native' (cuDNN/ATen) exists only for norm='none'; "
                              f"got norm={norm!r}: use backend='auto', 'fused' or 'reference'")
+        if backend == "native" and population is not None:
+            raise ValueError(f"{name}: backend='native' (cuDNN/ATen) cannot give each member of a "
+                             f"population its own weights; use backend='auto' (our fused loop on "
+                             f"CUDA, the reference loop on CPU), 'fused' or 'reference'")
         if num_layers < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"{name}: need num_layers >= 1 and 0 <= dropout < 1; got "
                              f"num_layers={num_layers}, dropout={dropout}")
@@ -184,19 +234,98 @@ class RecurrentStack(nn.Module):
                              f"recurrence, one step at a time): use stats='frame'")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bidirectional, self.dropout, self.norm = bidirectional, dropout, norm
-        self.stats, self.backend = stats, backend
+        self.stats, self.backend, self.population = stats, backend, population
+        # what else a layer of the same configuration is built from (stack, member)
+        self.options = dict(init=init, init_range=init_range, forget_bias=forget_bias,
+                            gamma_init=gamma_init, max_steps=max_steps, momentum=momentum, eps=eps)
         D = 2 if bidirectional else 1
         gamma = variant.gamma if gamma_init is None else gamma_init
         forget = variant.forget_bias if forget_bias is None else forget_bias
         self.layers = nn.ModuleList(
             self.layer_class(input_size if k == 0 else D * hidden_size, hidden_size, variant,
                              stats=stats, max_steps=max_steps, momentum=momentum, eps=eps,
-                             gamma=gamma, init=init, init_range=init_range, forget_bias=forget)
+                             gamma=gamma, init=init, init_range=init_range, forget_bias=forget,
+                             population=population)
             for k in range(num_layers) for _ in range(D))
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    # ------------------------------------------------------------------ populations
+    def configuration(self) -> dict:
+        """The constructor's arguments that build a layer of this configuration (all but
+        ``population``)."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bidirectional=self.bidirectional,
+                    dropout=self.dropout, norm=self.norm, stats=self.stats, backend=self.backend,
+                    **self.options)
+
+    @classmethod
+    def stack(cls, layers: Sequence["RecurrentStack"]) -> "RecurrentStack":
+        """The population of ``layers`` (M ordinary layers of one configuration, dtype and
+        device): member m holds a copy of layers[m]'s parameters and statistics, and the
+        population's modules take layers[0]'s training modes. Leaves the RNG untouched."""
+        name = f"{cls.__name__}.stack"
+        layers = list(layers)
+        if not layers:
+            raise ValueError(f"{name}: needs at least one layer")
+        for k, layer in enumerate(layers):
+            if type(layer) is not cls:
+                raise TypeError(f"{name}: layers[{k}] is a {type(layer).__name__}, not a {cls.__name__}")
+            if layer.population is not None:
+                raise ValueError(f"{name}: layers[{k}] is already a population of "
+                                 f"{layer.population}; stack its members (.member(m)) instead")
+        first = layers[0]
+        for k, layer in enumerate(layers[1:], 1):
+            differ = [f"{key}={value!r} (layers[0]: {first.configuration()[key]!r})"
+                      for key, value in layer.configuration().items() if value != first.configuration()[key]]
+            differ += [f"{where}={value!r} (layers[0]: {theirs!r})"
+                       for where, value, theirs in _settings_differ(layer, first)]
+            if differ:
+                raise ValueError(f"{name}: every layer needs layers[0]'s configuration; layers[{k}] "
+                                 f"has {', '.join(differ)}")
+        states = [layer.state_dict() for layer in layers]
+        for k, state in enumerate(states[1:], 1):
+            for key, value in state.items():
+                if (value.dtype, value.device) != (states[0][key].dtype, states[0][key].device):
+                    raise ValueError(f"{name}: layers[{k}].{key} is {value.dtype} on {value.device}, "
+                                     f"layers[0]'s {states[0][key].dtype} on {states[0][key].device}: "
+                                     f"convert them to one dtype and device first")
+        population = first._like(population=len(layers))
+        population.load_state_dict({key: torch.stack([s[key] for s in states]) for key in states[0]})
+        return population
+
+    def member(self, m: int) -> "RecurrentStack":
+        """Member m of this population as an ordinary layer: a copy of its parameters,
+        statistics, training modes and norm settings (changing one never changes the other)."""
+        name = f"{self._name}.member"
+        if self.population is None:
+            raise ValueError(f"{name}: this {type(self).__name__} is not a population (population=None)")
+        try:
+            m = operator.index(m)
+        except TypeError:
+            raise TypeError(f"{name}: m must be an int; got {type(m).__name__}") from None
+        if not -self.population <= m < self.population:
+            raise IndexError(f"{name}: m must be in [0, {self.population}) (or negative from the "
+                             f"end); got {m}")
+        layer = self._like(population=None)
+        layer.load_state_dict({key: value[m] for key, value in self.state_dict().items()})
+        return layer
+
+    def _like(self, population: int | None) -> "RecurrentStack":
+        """A new stack of this configuration, dtype, device, modes and norm settings, its
+        parameters left as initialised (without drawing from the global RNG)."""
+        weight = self.layers[0].weight_ih
+        with torch.random.fork_rng(devices=[]):  # initialisation draws are overwritten anyway
+            new = type(self)(**self.configuration(), population=population)
+        new = new.to(weight.device, weight.dtype)
+        for mine, theirs in zip(self.modules(), new.modules()):
+            theirs.training = mine.training
+            for attr in _NORM_SETTINGS:
+                if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and hasattr(mine, attr):
+                    setattr(theirs, attr, getattr(mine, attr))
+        return new
 
     def reset_parameters(self) -> None:
         for layer in self.layers:
@@ -205,49 +334,65 @@ class RecurrentStack(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, dropout={self.dropout}, norm={self.norm!r}, "
-                f"stats={self.stats!r}, backend={self.backend!r}")
+                f"stats={self.stats!r}, backend={self.backend!r}"
+                + ("" if self.population is None else f", population={self.population}"))
+
+    @property
+    def _name(self) -> str:
+        """The class, and the population size where there is one, for error messages."""
+        name = type(self).__name__
+        return name if self.population is None else f"{name}(population={self.population})"
 
     def resolve_backend(self, x: Tensor, *, compiled: bool | None = None) -> str:
-        """auto: cuDNN/ATen for ``none``; our fused kernels where they are compiled for x (CUDA,
-        or ``compiled=True``) and have a plan for every layer at x's batch size; else the loop."""
+        """auto: cuDNN/ATen for ``none`` (not for a population: cuDNN cannot batch different
+        weights); our fused kernels where they are compiled for x (CUDA, or ``compiled=True``)
+        and have a plan for every layer at x's batch size; else the loop."""
         if self.backend != "auto":
             return self.backend
-        if self.norm == "none":
+        if self.norm == "none" and self.population is None:
             return "native"
         if compiled is None:
             compiled = fused.compiled_for(x)
-        if compiled and all(fused.refusal_of(layer, x.shape[1]) is None for layer in self.layers):
+        if compiled and all(fused.refusal_of(layer, x.shape[-2]) is None for layer in self.layers):
             return "fused"
         return "reference"
 
     # ------------------------------------------------------------------ input checks
     def check_forward_args(self, input: Tensor, state: tuple[Tensor, ...] | None,
-                           lengths) -> Tensor | None:
-        """Refuse a bad ``input``, ``state`` or ``lengths`` before any work, on every backend.
+                           lengths, t0: int = 0) -> Tensor | None:
+        """Refuse a bad ``input``, ``state``, ``lengths`` or ``t0`` before any work, on every backend.
 
         cuDNN/ATen and the Triton kernels index memory by the shapes they are given, so a
         wrong shape there is a crash or silent garbage rather than an error; the reference
         loop would broadcast some of them. Messages use ``nn.LSTM``'s wording where it has
-        one. Returns ``lengths`` as a tensor on the input's device (None stays None).
+        one. Returns ``lengths`` as a tensor on the input's device (None stays None); with a
+        population, (M, B) (a shared (B,) expanded to every member).
 
         Cost: shape, dtype and device checks read only metadata. The range check of
         ``lengths`` reads its minimum and maximum in one transfer, and only when ``lengths``
         is given (a CUDA ``lengths`` costs that one sync; a list or CPU tensor none).
         """
-        name = type(self).__name__
+        name, M = self._name, self.population
+        self._check_t0(t0)
+        want = self._shape("T", "B", self.input_size)
         if not isinstance(input, Tensor):
-            raise BadInput(f"{name}: input must be a Tensor (T, B, I); got {type(input).__name__}")
-        if input.dim() != 3:
-            raise BadInput(f"{name}: input must have 3 dimensions, got {input.dim()} "
-                           f"(expected input (T, B, {self.input_size}); got {tuple(input.shape)})")
-        T, B, I = input.shape
+            raise BadInput(f"{name}: input must be a Tensor {self._shape('T', 'B', 'I')}; "
+                           f"got {type(input).__name__}")
+        rank = 3 if M is None else 4
+        if input.dim() != rank:
+            raise BadInput(f"{name}: input must have {rank} dimensions, got {input.dim()} "
+                           f"(expected input {want}; got {tuple(input.shape)})")
+        T, B, I = input.shape[0], input.shape[-2], input.shape[-1]
+        if M is not None and input.shape[1] != M:
+            raise BadInput(f"{name}: input.size(1) must be the population size {M}, one slice "
+                           f"per member (expected input {want}; got {tuple(input.shape)})")
         if I != self.input_size:
             raise BadInput(f"{name}: input.size(-1) must be equal to input_size. Expected "
-                           f"{self.input_size}, got {I} (expected input (T, B, {self.input_size}); "
+                           f"{self.input_size}, got {I} (expected input {want}; "
                            f"got {tuple(input.shape)})")
         if T < 1 or B < 1:
             raise BadInput(f"{name}: input must hold at least one time step and one sequence; "
-                           f"got size (T, B, I) = {tuple(input.shape)}")
+                           f"got size {self._shape('T', 'B', 'I')} = {tuple(input.shape)}")
         if not input.is_floating_point():
             raise BadInput(f"{name}: input must be a floating-point tensor; got {input.dtype}")
         weight = self.layers[0].weight_ih
@@ -262,23 +407,40 @@ class RecurrentStack(nn.Module):
                            f"model: model.to({input.dtype})")
         if state is not None:
             self._check_state(input, state, autocast)
-        hi = T  # the longest sequence
+        lo = T  # the shortest sequence
         if lengths is not None:
-            lengths, hi = self._check_lengths(lengths, T, B)
+            lengths, lo = self._check_lengths(lengths, T, B)
         if B == 1:  # only a batch of one can leave a batch norm one value per channel
             for module in self.modules():
                 if isinstance(module, SeqBatchNorm):
-                    # frame-wise: B values at every step; sequence-wise: the real frames, hi here
-                    module.check_values(1 if module.stats == "frame" else hi, input.shape,
+                    # frame-wise: B values at every step; sequence-wise: the real frames of
+                    # each member's one sequence, the fewest of which is lo
+                    module.check_values(1 if module.stats == "frame" else lo, input.shape,
                                         where=f"{name}(norm={self.norm!r})")
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=input.device)
         return lengths
 
+    def _shape(self, time, batch, last) -> str:
+        """A shape in words: (T, B, I), or (T, M, B, I) with the population size filled in."""
+        lead = () if self.population is None else (self.population,)
+        return f"({', '.join(str(s) for s in (time, *lead, batch, last))})"
+
+    def _check_t0(self, t0) -> None:
+        name = self._name
+        if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
+            raise BadInput(f"{name}: t0 must be a non-negative int, the absolute time step of the "
+                           f"input's first frame; got {t0!r}")
+        if t0 and self.bidirectional:
+            raise BadInput(f"{name}: t0={t0} with bidirectional=True: the reverse direction reads "
+                           f"each sequence from its end, which has no absolute time step; run "
+                           f"a bidirectional layer on whole sequences (t0=0)")
+
     def _check_state(self, input: Tensor, state: tuple, autocast: bool) -> None:
-        name = type(self).__name__
-        T, B, _ = input.shape
-        expected = (self.num_layers * self.num_directions, B, self.hidden_size)
+        name = self._name
+        B = input.shape[-2]
+        lead = () if self.population is None else (self.population,)
+        expected = (self.num_layers * self.num_directions, *lead, B, self.hidden_size)
         lstm = self.n_states > 1
         if not isinstance(state, (tuple, list)) or len(state) != self.n_states or \
                 not all(isinstance(s, Tensor) for s in state):
@@ -288,11 +450,12 @@ class RecurrentStack(nn.Module):
             if not lstm:  # NormRNN.forward wrapped the user's state in a 1-tuple
                 got = type(state[0]).__name__ if len(state) == 1 else got
             raise BadInput(f"{name}: state must be {want}; got {got}")
+        rank = input.dim()
         for k, s in enumerate(state):
             which = f"hidden[{k}]" if lstm else "hidden"
-            if s.dim() != 3:
-                raise BadInput(f"{name}: For batched 3-D input, {'hx and cx' if lstm else 'hx'} "
-                               f"should also be 3-D but got {s.dim()}-D {which} of size {list(s.shape)}")
+            if s.dim() != rank:
+                raise BadInput(f"{name}: For batched {rank}-D input, {'hx and cx' if lstm else 'hx'} "
+                               f"should also be {rank}-D but got {s.dim()}-D {which} of size {list(s.shape)}")
             if tuple(s.shape) != expected:
                 raise BadInput(f"{name}: Expected {which} size {expected}, got {list(s.shape)}")
             if s.device != input.device:
@@ -303,35 +466,43 @@ class RecurrentStack(nn.Module):
                                f"({input.dtype})")
 
     def _check_lengths(self, lengths, T: int, B: int) -> tuple[Tensor, int]:
-        name = type(self).__name__
+        """lengths as a tensor ((M, B) for a population) and its minimum."""
+        name, M = self._name, self.population
+        shapes = f"(B,) = ({B},)" if M is None else \
+            f"(M, B) = ({M}, {B}), one per sequence of each member, or (B,) = ({B},), shared"
         if not isinstance(lengths, Tensor):
             try:
                 lengths = torch.as_tensor(lengths)
             except (TypeError, ValueError, RuntimeError) as e:
                 raise BadInput(f"{name}: lengths must be an integer tensor or a sequence of ints "
-                               f"of shape (B,) = ({B},); got {type(lengths).__name__} ({e})") from None
+                               f"of shape {shapes}; got {type(lengths).__name__} ({e})") from None
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise BadInput(f"{name}: lengths must be an integer tensor (torch.int64), not "
                            f"{lengths.dtype}: the number of real frames of each sequence")
-        if tuple(lengths.shape) != (B,):
-            raise BadInput(f"{name}: lengths must be (B,) = ({B},), one length per sequence; got "
-                           f"shape {tuple(lengths.shape)}")
+        if tuple(lengths.shape) != (B,) and (M is None or tuple(lengths.shape) != (M, B)):
+            per = ", one length per sequence" if M is None else ""
+            raise BadInput(f"{name}: lengths must be {shapes}{per}; got shape {tuple(lengths.shape)}")
         lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # one transfer for both bounds
         if lo < 1 or hi > T:
-            raise BadInput(f"{name}: lengths must be (B,)=({B},) in [1, {T}] (T = input.size(0); "
+            form = f"(B,)=({B},)" if lengths.dim() == 1 else f"(M, B)=({M}, {B})"
+            raise BadInput(f"{name}: lengths must be {form} in [1, {T}] (T = input.size(0); "
                            f"any order); got {lengths.tolist()}")
-        return lengths, hi
+        if M is not None and lengths.dim() == 1:
+            lengths = lengths.expand(M, B)
+        return lengths, lo
 
     # ------------------------------------------------------------------ forward
-    def run(self, input: Tensor, state: tuple[Tensor, ...] | None,
-            lengths: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None
-        -> output (T, B, D*H) (zeros at padded steps), final state tuple of (L*D, B, H)."""
-        lengths = self.check_forward_args(input, state, lengths)
-        T, B, _ = input.shape
+    def run(self, input: Tensor, state: tuple[Tensor, ...] | None, lengths: Tensor | None,
+            t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None,
+        t0 the time step of input[0] -> output (T, B, D*H) (zeros at padded steps), final state
+        tuple of (L*D, B, H). With a population: (T, M, B, I), (L*D, M, B, H), (M, B) or (B,)
+        -> (T, M, B, D*H), (L*D, M, B, H)."""
+        lengths = self.check_forward_args(input, state, lengths, t0)
+        T, B = input.shape[0], input.shape[-2]
         D, H = self.num_directions, self.hidden_size
         if state is None:
-            zeros = input.new_zeros(self.num_layers * D, B, H)
+            zeros = input.new_zeros(self.num_layers * D, *leading(self.population), B, H)
             state = (zeros,) * self.n_states
         backend = self.resolve_backend(input)
         if backend == "native":
@@ -343,7 +514,7 @@ class RecurrentStack(nn.Module):
             for d in range(D):
                 i = k * D + d
                 xd = x if d == 0 else reverse_padded(x, lengths)
-                out, last = self.layers[i](xd, tuple(s[i] for s in state), mask, backend)
+                out, last = self.layers[i](xd, tuple(s[i] for s in state), mask, backend, t0)
                 outs.append(out if d == 0 else reverse_padded(out, lengths))
                 finals.append(last)
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
@@ -376,6 +547,24 @@ class RecurrentStack(nn.Module):
             nn.utils.rnn.PackedSequence(out, packed.batch_sizes, order, unorder),
             total_length=input.shape[0])
         return out, tuple(s.index_select(1, unorder) for s in last)
+
+
+# what a norm module may have been changed in after construction, and must match in a population
+_NORM_SETTINGS = ("eps", "momentum")
+
+
+def _settings_differ(a: nn.Module, b: nn.Module):
+    """(where, a's value, b's value) of each training mode and norm setting in which two stacks
+    of one configuration differ."""
+    for (where, mine), (_, theirs) in zip(a.named_modules(), b.named_modules()):
+        where = where or "self"
+        if mine.training != theirs.training:
+            yield f"{where}.training", mine.training, theirs.training
+        if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)):
+            for attr in _NORM_SETTINGS:
+                ours, others = getattr(mine, attr, None), getattr(theirs, attr, None)
+                if ours != others:
+                    yield f"{where}.{attr}", ours, others
 
 
 def _check(cls: str, arg: str, value, allowed) -> None:

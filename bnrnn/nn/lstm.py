@@ -20,10 +20,9 @@ bn_sum          BN(W_h h + W_x x; γ, β)                                 Lauren
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_update
+from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_output, masked_update, member_linear
 from bnrnn.nn.variants import VARIANTS
 
 
@@ -32,11 +31,13 @@ class LSTMLayer(RecurrentLayer):
 
     gates, has_cell = 4, True
 
-    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, Tensor],
-                             mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, Tensor], mask: Tensor | None,
+                             t0: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The plain loop every fast path is tested against.
 
-        p: N_ih(W_x x) + b, (T, B, 4H); state: (h0, c0), each (B, H); mask: (T, B) or None.
+        p: N_ih(W_x x) + b, (T, B, 4H); state: (h0, c0), each (B, H); mask: (T, B) or None;
+        p[t] is time step t0 + t (the per-step statistics it uses). A population's shapes:
+        (T, M, B, 4H), (M, B, H), (T, M, B); member m's rows see only member m's weights.
         Returns the outputs (T, B, H) (zeros at padded steps) and the final (h, c), frozen
         after each sequence's last real frame.
         """
@@ -44,13 +45,13 @@ class LSTMLayer(RecurrentLayer):
         outs = []
         steps = p.unbind(0)  # not p[t]: each p[t]'s backward would allocate a full (T, B, 4H) zero tensor (O(T²))
         for t in range(p.shape[0]):
-            m = None if mask is None else mask[t]
-            a = self.norm_sum.step(steps[t] + self.norm_hh.step(F.linear(h, self.weight_hh), t, m), t, m)
-            i, f, g, o = a.chunk(4, dim=1)
+            m, s = None if mask is None else mask[t], t0 + t
+            a = self.norm_sum.step(steps[t] + self.norm_hh.step(member_linear(h, self.weight_hh), s, m), s, m)
+            i, f, g, o = a.chunk(4, dim=-1)
             c_t = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_t = torch.sigmoid(o) * torch.tanh(self.norm_cell.step(c_t, t, m))
+            h_t = torch.sigmoid(o) * torch.tanh(self.norm_cell.step(c_t, s, m))
             h, c = masked_update(m, h_t, h), masked_update(m, c_t, c)
-            outs.append(h_t if m is None else h_t * m.unsqueeze(1).to(h_t.dtype))
+            outs.append(masked_output(m, h_t))
         return torch.stack(outs), (h, c)
 
 
@@ -73,11 +74,26 @@ class NormLSTM(RecurrentStack):
         momentum, eps: of the population statistics and the variance (see ``SeqBatchNorm``).
         backend: ``auto`` (cuDNN for none, our fused kernels on CUDA, else the reference
             loop), ``native`` (none only), ``fused`` or ``reference``.
+        population: None (an ordinary layer), or M: a population of M independent layers of
+            this configuration run side by side (below; docs/population.md).
 
-    ``forward(input (T, B, I), state=None | (h0, c0) each (L*D, B, H), lengths=None | (B,))``
-    returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``. With ``lengths``, the state
-    stays frozen after each sequence's end, the reverse direction reads each sequence's real
-    frames only, outputs at padded steps are zero and no statistic sees padding.
+    ``forward(input (T, B, I), state=None | (h0, c0) each (L*D, B, H), lengths=None | (B,),
+    *, t0=0)`` returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``. With ``lengths``, the
+    state stays frozen after each sequence's end, the reverse direction reads each sequence's
+    real frames only, outputs at padded steps are zero and no statistic sees padding.
+
+    Streaming: ``t0`` is the absolute time step of ``input[0]``. A long sequence run in chunks,
+    each with the previous chunk's final state and its own ``t0``, computes what the whole
+    sequence computes: frame-wise BN uses (and in training updates) the population statistic of
+    step t0 + t (steps >= max_steps use the last one). Unidirectional only (a reverse direction
+    has no absolute time); sequence-wise statistics are over the chunk given.
+
+    Population (``population=M``): every parameter and buffer has a leading axis M (weights,
+    biases, γ/β, per-step population statistics); input (T, M, B, I) -> output (T, M, B, D*H),
+    states (L*D, M, B, H), ``lengths`` (M, B) or a shared (B,). Member m computes exactly what
+    an ordinary layer with member m's parameters computes on ``input[:, m]``: batch statistics
+    over its own rows and real frames only, its own population statistics. ``norm='none'`` runs
+    our loops (cuDNN cannot batch different weights).
     """
 
     layer_class = LSTMLayer
@@ -86,8 +102,8 @@ class NormLSTM(RecurrentStack):
     native_fn = staticmethod(torch._VF.lstm)
 
     def forward(self, input: Tensor, state: tuple[Tensor, Tensor] | None = None,
-                lengths: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        out, (h, c) = self.run(input, state, lengths)
+                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, (h, c) = self.run(input, state, lengths, t0)
         return out, (h, c)
 
     @classmethod

@@ -6,14 +6,22 @@ time, real frames only: Laurent et al. eqs. 20-21), and layer norm (Ba et al. 20
 
 Every module normalizes the last dimension's ``num_features`` features and has two entry points:
 
-- ``forward(x, mask=None)`` for a whole sequence ``x`` (T, B, F): the input-to-hidden term
-  ``W_x x`` does not depend on the recurrence and is normalized for all time steps at once;
+- ``forward(x, mask=None, t0=0)`` for a whole sequence ``x`` (T, B, F) whose first frame is
+  time step ``t0`` (a chunk of a longer stream): the input-to-hidden term ``W_x x`` does not
+  depend on the recurrence and is normalized for all time steps at once;
 - ``step(x, t, mask=None)`` for time step ``t`` of the recurrence, ``x`` (B, F): ``W_h h``,
   the cell ``c_t`` or the summed pre-activation.
 
 ``mask`` ((T, B) or (B,), bool) marks real frames: padding never enters a mean or a variance,
 and never updates the population statistics. :class:`NoNorm` has the same interface, so the
 recurrent layers never branch on the variant.
+
+Population (``population=M``): M independent members side by side. Every parameter and buffer
+gains a leading axis M (γ (M, F), running_mean (M, S, F), ...), inputs gain an axis M before the
+batch (``forward``: (T, M, B, F), ``step``: (M, B, F), masks (T, M, B) / (M, B)), and member m
+normalizes its own rows with its own parameters and statistics, exactly as a module without a
+population would. The code is one: statistics reduce over the batch axis (-2) and time (0),
+per-member vectors broadcast as (M, 1, F), so ``population=None`` computes what it always did.
 """
 from __future__ import annotations
 
@@ -29,10 +37,12 @@ STATS = ("frame", "sequence")
 def masked_moments(x: Tensor, mask: Tensor | None, dims: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, biased variance and count of ``x`` over ``dims`` (kept), real frames only.
 
-    x: (..., F) in float32 or float64; mask: bool of x's shape without F, or None.
-    Returns mean and var shaped like x with ``dims`` of size 1, and the count n (same shape,
-    without F). A statistic over zero frames is mean 0, var 0 (n = 0 marks it unusable).
+    x: (..., F) in float32 or float64; mask: bool of x's shape without F, or None; dims may be
+    negative (counted on x). Returns mean and var shaped like x with ``dims`` of size 1, and the
+    count n (same shape, without F). A statistic over zero frames is mean 0, var 0 (n = 0 marks
+    it unusable).
     """
+    dims = tuple(d % x.dim() for d in dims)
     if mask is None:
         n = torch.full([1 if d in dims else s for d, s in enumerate(x.shape[:-1])],
                        float(_numel(x, dims)), dtype=x.dtype, device=x.device)
@@ -46,6 +56,25 @@ def masked_moments(x: Tensor, mask: Tensor | None, dims: tuple[int, ...]) -> tup
     return mean, var, n.squeeze(-1)
 
 
+def per_member(v: Tensor) -> Tensor:
+    """A per-feature vector (F,), or per-member ones (M, F), made to broadcast over the batch
+    rows of (..., B, F) or (..., M, B, F): (1, F) or (M, 1, F)."""
+    return v.unsqueeze(-2)
+
+
+def check_population(owner: str, population) -> None:
+    """None, or a positive int M (the number of members)."""
+    if population is not None and (isinstance(population, bool) or not isinstance(population, int)
+                                   or population < 1):
+        raise ValueError(f"{owner}: population must be None or a positive int M, the number of "
+                         f"members; got {population!r}")
+
+
+def leading(population: int | None) -> tuple[int, ...]:
+    """The leading axes of every parameter and buffer: () or (M,)."""
+    return () if population is None else (population,)
+
+
 def _numel(x: Tensor, dims: tuple[int, ...]) -> int:
     out = 1
     for d in dims:
@@ -56,7 +85,7 @@ def _numel(x: Tensor, dims: tuple[int, ...]) -> int:
 class NoNorm(nn.Module):
     """The identity with the normalization interface (variant ``none``'s slots)."""
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, t0: int = 0) -> Tensor:
         return x
 
     def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:
@@ -85,8 +114,11 @@ class SeqBatchNorm(nn.Module):
         shift: learn β (initialised to 0); False fixes β = 0 (Cooijmans' gate BNs, where the LSTM
             bias plays its role).
 
+        population: None, or M: M members, each with its own γ, β and statistics (module doc).
+
     Parameters: ``weight`` γ (F), ``bias`` β (F) or None. Buffers: ``running_mean``,
-    ``running_var`` (S, F) and ``num_batches_tracked`` (S,), S = ``max_steps`` or 1.
+    ``running_var`` (S, F) and ``num_batches_tracked`` (S,), S = ``max_steps`` or 1. With a
+    population each gains a leading axis M.
 
     One value per channel: in training, a call is refused as ``nn.BatchNorm1d`` refuses it
     ("Expected more than 1 value per channel when training") when its *largest* statistic has
@@ -104,25 +136,26 @@ class SeqBatchNorm(nn.Module):
 
     def __init__(self, num_features: int, stats: str = "frame", max_steps: int = 100,
                  momentum: float | None = 0.1, eps: float = 1e-5, gamma_init: float = 1.0,
-                 shift: bool = True):
+                 shift: bool = True, population: int | None = None):
         super().__init__()
+        check_population("SeqBatchNorm", population)
         if stats not in STATS:
             raise ValueError(f"SeqBatchNorm: stats must be one of {', '.join(STATS)}; got {stats!r}")
         if stats == "frame" and max_steps < 1:
             raise ValueError(f"SeqBatchNorm: max_steps must be >= 1; got {max_steps}")
         self.num_features, self.stats, self.eps = num_features, stats, eps
-        self.momentum, self.gamma_init = momentum, gamma_init
-        slots = max_steps if stats == "frame" else 1
-        self.weight = nn.Parameter(torch.empty(num_features))
-        self.bias = nn.Parameter(torch.empty(num_features)) if shift else None
-        self.register_buffer("running_mean", torch.zeros(slots, num_features))
-        self.register_buffer("running_var", torch.ones(slots, num_features))
-        self.register_buffer("num_batches_tracked", torch.zeros(slots, dtype=torch.long))
+        self.momentum, self.gamma_init, self.population = momentum, gamma_init, population
+        slots, lead = max_steps if stats == "frame" else 1, leading(population)
+        self.weight = nn.Parameter(torch.empty(*lead, num_features))
+        self.bias = nn.Parameter(torch.empty(*lead, num_features)) if shift else None
+        self.register_buffer("running_mean", torch.zeros(*lead, slots, num_features))
+        self.register_buffer("running_var", torch.ones(*lead, slots, num_features))
+        self.register_buffer("num_batches_tracked", torch.zeros(*lead, slots, dtype=torch.long))
         self.reset_parameters()
 
     @property
     def max_steps(self) -> int:
-        return self.running_mean.shape[0]
+        return self.running_mean.shape[-2]
 
     def reset_running_stats(self) -> None:
         self.running_mean.zero_()
@@ -137,7 +170,8 @@ class SeqBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, stats={self.stats}, max_steps={self.max_steps}, "
-                f"momentum={self.momentum}, eps={self.eps}, shift={self.bias is not None}")
+                f"momentum={self.momentum}, eps={self.eps}, shift={self.bias is not None}"
+                + ("" if self.population is None else f", population={self.population}"))
 
     def check_values(self, values: int, size, where: str = "") -> None:
         """Refuse a training call whose largest statistic has ``values`` <= 1 (see above)."""
@@ -158,64 +192,79 @@ class SeqBatchNorm(nn.Module):
     def update_running(self, t0: int, mean: Tensor, var: Tensor, n: Tensor) -> None:
         """Fold batch statistics of steps t0 .. t0+S'-1 into the population statistics.
 
-        mean, var: (S', F) biased batch statistics; n: (S',) frame counts. Steps at or beyond
-        ``max_steps`` and statistics over fewer than two frames are not folded in.
+        mean, var: (S', F) biased batch statistics, (M, S', F) with a population; n: (S',)
+        frame counts ((M, S')). Steps at or beyond ``max_steps`` and statistics over fewer than
+        two frames (of that member) are not folded in.
         """
-        keep = min(mean.shape[0], self.max_steps - t0)
+        keep = min(mean.shape[-2], self.max_steps - t0)
         if keep <= 0:
             return
         sl = slice(t0, t0 + keep)
         dtype = self.running_mean.dtype
-        mean, var, n = mean[:keep].to(dtype), var[:keep].to(dtype), n[:keep].to(dtype)
+        mean, var = mean[..., :keep, :].to(dtype), var[..., :keep, :].to(dtype)
+        n = n[..., :keep].to(dtype)
         ok = n > 1
         unbiased = var * (n / (n - 1).clamp_min(1)).unsqueeze(-1)
-        tracked = self.num_batches_tracked[sl]
+        tracked = self.num_batches_tracked[..., sl]
         if self.momentum is None:  # cumulative average over the batches seen
             w = (1.0 / (tracked + 1).to(dtype)).unsqueeze(-1)
         else:
-            w = torch.full_like(mean[:, :1], self.momentum)
+            w = torch.full_like(mean[..., :1], self.momentum)
         w = w * ok.unsqueeze(-1)
-        self.running_mean[sl] += w * (mean - self.running_mean[sl])
-        self.running_var[sl] += w * (unbiased - self.running_var[sl])
-        self.num_batches_tracked[sl] += ok.long()
+        self.running_mean[..., sl, :] += w * (mean - self.running_mean[..., sl, :])
+        self.running_var[..., sl, :] += w * (unbiased - self.running_var[..., sl, :])
+        self.num_batches_tracked[..., sl] += ok.long()
 
     def _normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
-        return y + self.bias if self.bias is not None else y
+        y = (x - mean) * torch.rsqrt(var + self.eps) * per_member(self.weight)
+        return y + per_member(self.bias) if self.bias is not None else y
+
+    def _check_rank(self, x: Tensor, rank: int, shape: str) -> None:
+        """x has ``rank`` axes (one more with a population, whose axis -3 is M)."""
+        members = self.population is not None
+        if x.dim() != rank + members or (members and x.shape[-3] != self.population):
+            owner = "SeqBatchNorm" + (f"(population={self.population})" if members else "")
+            raise ValueError(f"{owner}: expected {shape}; got {tuple(x.shape)}")
 
     # -------------------------------------------------------------- forward
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x: (T, B, F), mask: (T, B) bool or None -> (T, B, F); time steps start at t = 0."""
-        T = x.shape[0]
-        self.check_values(x.shape[1] if self.stats == "frame" else x.shape[0] * x.shape[1], x.shape)
+    def forward(self, x: Tensor, mask: Tensor | None = None, t0: int = 0) -> Tensor:
+        """x: (T, B, F), mask: (T, B) bool or None -> (T, B, F); with a population (T, M, B, F)
+        and (T, M, B). x[t] is time step t0 + t: its frame-wise population statistic
+        (evaluation) and the one it updates (training) are those of step t0 + t. Sequence-wise
+        statistics are over the chunk given, whatever t0."""
+        self._check_rank(x, 3, "x (T, M, B, F)" if self.population else "x (T, B, F)")
+        T, B = x.shape[0], x.shape[-2]
+        self.check_values(B if self.stats == "frame" else T * B, x.shape)
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         if self.training:
-            dims = (0, 1) if self.stats == "sequence" else (1,)
-            mean, var, n = masked_moments(xf, mask, dims)
-            if self.stats == "sequence":
-                self.update_running(0, mean.reshape(1, -1), var.reshape(1, -1), n.reshape(1))
-            else:
-                self.update_running(0, mean.squeeze(1), var.squeeze(1), n.reshape(T))
-        elif self.stats == "sequence":
-            mean, var = self.running_mean[0], self.running_var[0]
+            dims = (0, -2) if self.stats == "sequence" else (-2,)
+            mean, var, n = masked_moments(xf, mask, dims)  # (S', [M,] 1, F), n (S', [M,] 1)
+            # into the buffers' layout: ([M,] S', F) and ([M,] S')
+            self.update_running(t0 if self.stats == "frame" else 0,
+                                *(s.squeeze(-2).movedim(0, -2) for s in (mean, var)),
+                                n.squeeze(-1).movedim(0, -1))
         else:
-            idx = self.slots(0, T, x.device)
-            mean, var = self.running_mean[idx].unsqueeze(1), self.running_var[idx].unsqueeze(1)
+            idx = slice(0, 1) if self.stats == "sequence" else self.slots(t0, T, x.device)
+            # ([M,] S', F) -> (S', [M,] 1, F)
+            mean, var = (per_member(r[..., idx, :].movedim(-2, 0))
+                         for r in (self.running_mean, self.running_var))
         return self._normalize(xf, mean, var).to(x.dtype)
 
     def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:
-        """x: (B, F) at time step t, mask: (B,) bool or None -> (B, F). Frame-wise only."""
+        """x: (B, F) at time step t, mask: (B,) bool or None -> (B, F); with a population
+        (M, B, F) and (M, B). Frame-wise only."""
         if self.stats != "frame":
             raise ValueError("SeqBatchNorm: sequence-wise statistics need the whole sequence; a "
                              "normalization inside the recurrence must use stats='frame'")
-        self.check_values(x.shape[0], x.shape)
+        self._check_rank(x, 2, "x (M, B, F)" if self.population else "x (B, F)")
+        self.check_values(x.shape[-2], x.shape)
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         if self.training:
-            mean, var, n = masked_moments(xf, mask, (0,))
-            self.update_running(t, mean, var, n.reshape(1))
+            mean, var, n = masked_moments(xf, mask, (-2,))  # ([M,] 1, F), n ([M,] 1)
+            self.update_running(t, mean, var, n)
         else:
             s = min(t, self.max_steps - 1)
-            mean, var = self.running_mean[s], self.running_var[s]
+            mean, var = (per_member(r[..., s, :]) for r in (self.running_mean, self.running_var))
         return self._normalize(xf, mean, var).to(x.dtype)
 
 
@@ -228,15 +277,18 @@ class SeqLayerNorm(nn.Module):
     Args:
         num_features: F; eps: added to the variance; gamma_init: initial gain α (1);
         shift: learn β (initialised to 0); False fixes it at 0 (the gate LNs of the LN-LSTM,
-            where the LSTM bias plays its role).
+            where the LSTM bias plays its role);
+        population: None, or M: α, β (M, F), inputs (..., M, B, F) (module doc).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, gamma_init: float = 1.0,
-                 shift: bool = True):
+                 shift: bool = True, population: int | None = None):
         super().__init__()
+        check_population("SeqLayerNorm", population)
         self.num_features, self.eps, self.gamma_init = num_features, eps, gamma_init
-        self.weight = nn.Parameter(torch.empty(num_features))
-        self.bias = nn.Parameter(torch.empty(num_features)) if shift else None
+        self.population = population
+        self.weight = nn.Parameter(torch.empty(*leading(population), num_features))
+        self.bias = nn.Parameter(torch.empty(*leading(population), num_features)) if shift else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -247,8 +299,12 @@ class SeqLayerNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, shift={self.bias is not None}"
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
+    def forward(self, x: Tensor, mask: Tensor | None = None, t0: int = 0) -> Tensor:
+        if self.population is None:
+            return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
+        # F.layer_norm's affine takes one (F,) gain; members have their own
+        y = F.layer_norm(x, (self.num_features,), None, None, self.eps) * per_member(self.weight)
+        return y + per_member(self.bias) if self.bias is not None else y
 
     def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:
         return self.forward(x)

@@ -56,11 +56,14 @@ VARIANTS: dict[str, Variant] = {
 
 
 def make_norm(slot: Slot | None, num_features: int, *, stats: str, max_steps: int,
-              momentum: float | None, eps: float, gamma: float) -> nn.Module:
-    """The module for one slot: NoNorm, SeqBatchNorm or SeqLayerNorm over ``num_features``."""
+              momentum: float | None, eps: float, gamma: float,
+              population: int | None = None) -> nn.Module:
+    """The module for one slot: NoNorm, SeqBatchNorm or SeqLayerNorm over ``num_features``
+    (with ``population`` members)."""
     if slot is None:
         return NoNorm()
     if slot.kind == "bn":
         return SeqBatchNorm(num_features, stats=stats, max_steps=max_steps, momentum=momentum,
-                            eps=eps, gamma_init=gamma, shift=slot.shift)
-    return SeqLayerNorm(num_features, eps=eps, gamma_init=gamma, shift=slot.shift)
+                            eps=eps, gamma_init=gamma, shift=slot.shift, population=population)
+    return SeqLayerNorm(num_features, eps=eps, gamma_init=gamma, shift=slot.shift,
+                        population=population)

@@ -8,7 +8,8 @@ replacement of the layer's ``reference_recurrence`` and is tested against it (fl
 under the Triton interpreter, ``TRITON_INTERPRET=1``).
 
 This package reads a layer only through its attributes (``variant``, ``gates``, ``has_cell``,
-``weight_hh``, ``norm_hh``, ``norm_sum``, ``norm_cell``), so it imports nothing of the layers.
+``population``, ``weight_hh``, ``norm_hh``, ``norm_sum``, ``norm_cell``), so it imports nothing
+of the layers. A population's members run in one launch per step (a member axis in the grid).
 """
 from __future__ import annotations
 
@@ -94,27 +95,44 @@ def _plan(layer, p: Tensor, mask: Tensor | None) -> Plan:
     kinds = {name: _kind(slot) for name, (slot, _) in slots.items()}
     normed = [m for name, (_, m) in slots.items() if kinds[name] != kernels.NONE]
     modes = {m.training for name, (_, m) in slots.items() if kinds[name] == kernels.BN}
-    T, B, G = p.shape
+    B, G = p.shape[-2], p.shape[-1]
     return make_plan(kinds["hh"], kinds["sum"], kinds.get("cell", kernels.NONE), B=B,
                      H=G // layer.gates, train=modes.pop() if modes else layer.training,
                      has_mask=mask is not None, f64=p.dtype == torch.float64,
                      eps=normed[0].eps if normed else 1e-5, gates=layer.gates)
 
 
-def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
-               mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+def recurrence(layer, p: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
+               t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Same contract as the layer's ``reference_recurrence``: p (T, B, G*H), state (h0, c0) or
-    (h0,) each (B, H), mask (T, B) bool or None -> output (T, B, H), final state; updates
-    population statistics in training like the reference. Raises :func:`refusal_of`'s error."""
+    (h0,) each (B, H), mask (T, B) bool or None, p[t] time step t0 + t -> output (T, B, H),
+    final state; with a population (``layer.population`` = M) p (T, M, B, G*H), states
+    (M, B, H), mask (T, M, B), output (T, M, B, H). Updates population statistics in training
+    like the reference. Raises :func:`refusal_of`'s error. The kernels see step t's statistics
+    only, so ``t0`` is applied here, where the per-step statistics are sliced.
+
+    The loops always carry a member axis; an ordinary layer's tensors get one of size 1 here
+    (views) and lose it on the way out."""
     if triton is not None and not (p.is_cuda or interpreting()):
         raise RuntimeError("backend='fused' runs Triton kernels: it needs a CUDA tensor, or "
                            "TRITON_INTERPRET=1 for the CPU interpreter (tests); use backend='reference' on CPU")
-    error = refusal_of(layer, p.shape[1])
+    error = refusal_of(layer, p.shape[-2])
     if error is not None:
         raise error
     if torch.is_autocast_enabled(p.device.type):  # the recurrence runs in autocast's dtype
         p = p.to(torch.get_autocast_dtype(p.device.type))
-    T, B, _ = p.shape
+    single = getattr(layer, "population", None) is None
+
+    def members(x: Tensor | None, axis: int = 0) -> Tensor | None:
+        """x with its member axis (of size 1 for an ordinary layer)."""
+        return x.unsqueeze(axis) if single and x is not None else x
+
+    def ordinary(x: Tensor | None, axis: int = 0) -> Tensor | None:
+        """x without the size-1 member axis of an ordinary layer."""
+        return x.squeeze(axis) if single and x is not None else x
+
+    p, mask = members(p, 1), members(mask, 1)  # (T, M, B, G*H), (T, M, B)
+    T, M, B, _ = p.shape
     plan_ = _plan(layer, p, mask)
     norms = {name: m for name, (_, m) in _slots(layer).items()}
     bns = [name for name in norms if plan_.kind(name) == kernels.BN]
@@ -123,17 +141,22 @@ def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
     given: dict = {"mask": None if mask is None else mask.to(torch.int8).contiguous()}
     if not plan_.train:  # BN in evaluation: population statistics, T_max rule
         for name in bns:
-            idx = norms[name].slots(0, T, p.device)
-            given["mean_" + name] = norms[name].running_mean[idx]
-            given["var_" + name] = norms[name].running_var[idx]
-    h0, c0 = state[0].contiguous(), state[1].contiguous() if layer.has_cell else None
+            idx = norms[name].slots(t0, T, p.device)
+            for stat in ("mean", "var"):  # (M, S, F) -> (T, M, F)
+                running = members(getattr(norms[name], "running_" + stat))
+                given[f"{stat}_{name}"] = running[:, idx].transpose(0, 1).contiguous()
+    h0 = members(state[0]).contiguous()
+    c0 = members(state[1]).contiguous() if layer.has_cell else None
     attr = {"gamma": "weight", "beta": "bias"}  # PARAMS are named gamma_<slot>, beta_<slot>
-    params = [getattr(norms.get(slot), attr[x], None) for x, slot in (k.split("_") for k in PARAMS)]
+    params = [members(getattr(norms.get(slot), attr[x], None)) for x, slot in (k.split("_") for k in PARAMS)]
     out, h_n, c_n, *stats = FusedRecurrence.apply(plan_, given, p.contiguous(), h0, c0,
-                                                  layer.weight_hh, *params)
+                                                  members(layer.weight_hh), *params)
     if plan_.train and bns:
         stats = dict(zip(STATS, stats))
-        n = (mask.sum(1) if mask is not None else torch.full((T,), B, device=p.device)).to(p.dtype)
-        for name in bns:
-            norms[name].update_running(0, stats["mean_" + name], stats["var_" + name], n)
-    return out, (h_n,) if c_n is None else (h_n, c_n)
+        n = mask.sum(-1) if mask is not None else torch.full((T, M), B, device=p.device)
+        n = ordinary(n.t().to(p.dtype))  # (M, T) frames per member and step
+        for name in bns:  # (T, M, F) -> the buffers' (M, T, F)
+            norms[name].update_running(t0, *(ordinary(stats[f"{s}_{name}"].transpose(0, 1))
+                                             for s in ("mean", "var")), n)
+    h_n, c_n = ordinary(h_n), ordinary(c_n)
+    return ordinary(out, 1), (h_n,) if c_n is None else (h_n, c_n)

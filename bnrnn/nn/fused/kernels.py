@@ -9,7 +9,10 @@ normalization (N_cell), the output and the masked state update.
 
 A program owns a tile of rows (batch) x gates x hidden units, shaped (BLOCK_B, G, BLOCK_H): the
 G gate columns ``k*H + j`` of each unit j it holds, so the G gates are one tensor and every
-normalization is one reduction over the tile:
+normalization is one reduction over the tile. The grid is (row blocks, unit blocks, members):
+a population of M members (each with its own weights, γ/β and statistics) is one launch, and
+program_id(2) = m reads member m's slice of every tensor, laid out member-major: rows of
+(M, B, .) tensors at m*B + b, features of (M, F) ones at m*F + f. An ordinary layer is M = 1.
 
 - BN (statistics per feature, over the batch) sums over axis 0: the tile must hold every row,
   ``BLOCK_B >= B``;
@@ -66,28 +69,39 @@ def _tanh(x):
 @triton.jit
 def _tile(mask, B, H, G: tl.constexpr, HAS_MASK: tl.constexpr, F64: tl.constexpr,
           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """This program's tile: rows (BB, 1, 1) and units (1, 1, BH) with their bounds masks rm, um,
-    cols (1, G, BH) = the feature k*H + j of gate k of unit j, the real-frame rows ``real``
-    (``mask``: (B,) int8), and as floats w = real rows, u = real units, n = Σw (at least 1)."""
+    """This program's tile: its member m, rows (BB, 1, 1) of the member's batch and units
+    (1, 1, BH) with their bounds masks rm, um, ``row`` = m*B + rows (the rows in (M, B, .)
+    tensors), cols (1, G, BH) = the feature k*H + j of gate k of unit j, the real-frame rows
+    ``real`` (``mask``: (M, B) int8), and as floats w = real rows, u = real units, n = Σw (at
+    least 1)."""
+    member = tl.program_id(2)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)[:, None, None]
     units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[None, None, :]
     cols = tl.arange(0, G)[None, :, None] * H + units
     rm, um = rows < B, units < H
+    row = member * B + rows
     if HAS_MASK:
-        real = (tl.load(mask + rows, mask=rm, other=0) != 0) & rm
+        real = (tl.load(mask + row, mask=rm, other=0) != 0) & rm
     else:
         real = rm
     w = _cast(real, F64)
     u = _cast(um, F64)
     n = tl.maximum(tl.sum(w, axis=0, keep_dims=True), 1.0)
-    return rows, units, cols, rm, um, real, w, u, n
+    return member, row, units, cols, rm, um, real, w, u, n
 
 
 @triton.jit
-def _offsets(rows, units, cols, rm, um, H, G: tl.constexpr):
-    """Offsets of a gate tile in a (B, G*H) tensor and of a state tile in a (B, H) one, and the
-    tile's bounds mask."""
-    return rows * (G * H) + cols, rows * H + units, rm & um
+def _offsets(row, units, cols, rm, um, H, G: tl.constexpr):
+    """Offsets of a gate tile in an (M, B, G*H) tensor and of a state tile in an (M, B, H) one
+    (``row`` = m*B + b), and the tile's bounds mask."""
+    return row * (G * H) + cols, row * H + units, rm & um
+
+
+@triton.jit
+def _part(member, F):
+    """Where this program's partial sums of the (F,) gain/shift gradients of its member start in
+    an (M, row-programs, F) buffer."""
+    return (member * tl.num_programs(0) + tl.program_id(0)) * F
 
 
 @triton.jit
@@ -102,7 +116,9 @@ def _norm(x, KIND: tl.constexpr, COMPUTE: tl.constexpr, mean, var, gamma, beta,
           HAS_BETA: tl.constexpr, cols, rows, rm, um, w, u, n, nf, eps, F64: tl.constexpr):
     """y = γ x̂ [+ β], x̂ = (x - μ) rstd, of a tile x (BB, G, BH): BN statistics per feature
     over the real rows (w, n = Σw), LN per row over its nf features (u: real units); computed
-    and stored at mean/var (COMPUTE) or loaded from there. Returns y, x̂, rstd, γ."""
+    and stored at mean/var (COMPUTE) or loaded from there. ``cols`` index the member's features
+    in (M, F) tensors (γ, β, BN statistics), ``rows`` its rows in (M, B) ones (LN statistics).
+    Returns y, x̂, rstd, γ."""
     if KIND == _BN:
         if COMPUTE:
             mu = tl.sum(x * w, axis=0, keep_dims=True) / n
@@ -217,22 +233,23 @@ def lstm_step_fwd(
     HAS_MASK: tl.constexpr, HAS_BETA_HH: tl.constexpr, HAS_BETA_SUM: tl.constexpr,
     HAS_BETA_CELL: tl.constexpr, F64: tl.constexpr,
 ):
-    """One LSTM step. r, p: (B, 4H) row-major; h_prev, c_prev (in), h_next, c_next (out): (B, H);
-    mask: (B,) int8 real frames or None; gamma_*/beta_*: gains and shifts (None where absent);
-    mean_*/var_*: the slot's statistics of this step (BN: per feature, LN: per row), written
-    when computed, read otherwise."""
-    rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 4, HAS_MASK, F64, BLOCK_B, BLOCK_H)
+    """One LSTM step of M members (grid axis 2). r, p: (M, B, 4H) row-major; h_prev, c_prev
+    (in), h_next, c_next (out): (M, B, H); mask: (M, B) int8 real frames or None; gamma_*/beta_*:
+    (M, F) gains and shifts (None where absent); mean_*/var_*: the slot's statistics of this step
+    (BN: (M, F) per feature, LN: (M, B) per row), written when computed, read otherwise."""
+    member, row, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 4, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     gate = tl.arange(0, 4)[None, :, None]
-    off, soff, tm = _offsets(rows, units, cols, rm, um, H, 4)
+    off, soff, tm = _offsets(row, units, cols, rm, um, H, 4)
     a, _, _, _, _, _, _ = _preactivation(
-        r, p, off, tm, cols, rows, rm, um, w, u, n, 4 * H, eps,
+        r, p, off, tm, member * 4 * H + cols, row, rm, um, w, u, n, 4 * H, eps,
         gamma_hh, beta_hh, mean_hh, var_hh, gamma_sum, beta_sum, mean_sum, var_sum,
         HH, SUM, HAS_BETA_HH, HAS_BETA_SUM, True, TRAIN, F64)
     i, f, g, o, cp, c = _lstm_cell(_gates(a, gate), gate, c_prev, tm, soff, F64)
     y = c
     if CELL != 0:
         y, _, _, _ = _norm(c, CELL, TRAIN or CELL == _LN, mean_cell, var_cell, gamma_cell,
-                           beta_cell, HAS_BETA_CELL, units, rows, rm, um, w, u, n, H, eps, F64)
+                           beta_cell, HAS_BETA_CELL, member * H + units, row, rm, um, w, u, n, H,
+                           eps, F64)
     h = tl.where(real, o * _tanh(y), _load(h_prev + soff, tm, F64))
     tl.store(h_next + soff, h, mask=tm)
     tl.store(c_next + soff, tl.where(real, c, cp), mask=tm)
@@ -254,15 +271,15 @@ def lstm_step_bwd(
     """Backward of :func:`lstm_step_fwd` at one step.
 
     In: dh = ∂L/∂h_t (state), dout = ∂L/∂out_t, dc = ∂L/∂c_t (state), each (B, H).
-    Out: dr = ∂L/∂r, dp = ∂L/∂p_t (B, 4H); in place: dc <- ∂L/∂c_{t-1} and dh <- the part of
+    Out: dr = ∂L/∂r, dp = ∂L/∂p_t (M, B, 4H); in place: dc <- ∂L/∂c_{t-1} and dh <- the part of
     ∂L/∂h_{t-1} that skips the step on padded rows (the caller adds dr W_hh); dgamma_*, dbeta_*:
-    this program's partial sums at row program_id(0) of a (programs, features) buffer."""
-    rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 4, HAS_MASK, F64, BLOCK_B, BLOCK_H)
+    this program's partial sums at row (m, program_id(0)) of an (M, programs, features) buffer."""
+    member, row, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 4, HAS_MASK, F64, BLOCK_B, BLOCK_H)
     gate = tl.arange(0, 4)[None, :, None]
-    off, soff, tm = _offsets(rows, units, cols, rm, um, H, 4)
-    part = tl.program_id(0) * 4 * H  # this program's row of the gate-feature partial sums
+    off, soff, tm = _offsets(row, units, cols, rm, um, H, 4)
+    part = _part(member, 4 * H)  # this program's row of the gate-feature partial sums
     a, xh_hh, rstd_hh, g_hh, xh_sum, rstd_sum, g_sum = _preactivation(
-        r, p, off, tm, cols, rows, rm, um, w, u, n, 4 * H, eps,
+        r, p, off, tm, member * 4 * H + cols, row, rm, um, w, u, n, 4 * H, eps,
         gamma_hh, beta_hh, mean_hh, var_hh, gamma_sum, beta_sum, mean_sum, var_sum,
         HH, SUM, HAS_BETA_HH, HAS_BETA_SUM, False, TRAIN, F64)
     act = _gates(a, gate)
@@ -270,8 +287,8 @@ def lstm_step_bwd(
     y = c
     if CELL != 0:
         y, xh_cell, rstd_cell, g_cell = _norm(c, CELL, False, mean_cell, var_cell, gamma_cell,
-                                              beta_cell, HAS_BETA_CELL, units, rows, rm, um, w, u,
-                                              n, H, eps, F64)
+                                              beta_cell, HAS_BETA_CELL, member * H + units, row,
+                                              rm, um, w, u, n, H, eps, F64)
     ty = _tanh(y)
 
     dh_t = _load(dh + soff, tm, F64)
@@ -281,7 +298,7 @@ def lstm_step_bwd(
     dcell = dh_all * o * (1.0 - ty * ty)
     if CELL != 0:
         dcell = _norm_bwd(dcell, xh_cell, rstd_cell, g_cell, CELL, TRAIN, dgamma_cell, dbeta_cell,
-                          HAS_BETA_CELL, tl.program_id(0) * H, units, um, w, u, n, H)
+                          HAS_BETA_CELL, _part(member, H), units, um, w, u, n, H)
     dcell += w * dc_t
     tl.store(dc + soff, dcell * f + (1.0 - w) * dc_t, mask=tm)
     tl.store(dh + soff, (1.0 - w) * dh_t, mask=tm)
@@ -308,12 +325,12 @@ def tanh_step_fwd(
     SUM: tl.constexpr, TRAIN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BETA_SUM: tl.constexpr, F64: tl.constexpr,
 ):
-    """One step of h_t = tanh(N_sum(p_t + r)), r, p: (B, H); N_sum none or BN (NormRNN's
+    """One step of h_t = tanh(N_sum(p_t + r)), r, p: (M, B, H); N_sum none or BN (NormRNN's
     variants); arguments as :func:`lstm_step_fwd`'s."""
-    rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
-    off, _, tm = _offsets(rows, units, cols, rm, um, H, 1)
+    member, row, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
+    off, _, tm = _offsets(row, units, cols, rm, um, H, 1)
     a, _, _, _, _, _, _ = _preactivation(
-        r, p, off, tm, cols, rows, rm, um, w, u, n, H, eps,
+        r, p, off, tm, member * H + cols, row, rm, um, w, u, n, H, eps,
         None, None, None, None, gamma_sum, beta_sum, mean_sum, var_sum,
         0, SUM, False, HAS_BETA_SUM, True, TRAIN, F64)
     h = tl.where(real, _tanh(a), _load(h_prev + off, tm, F64))
@@ -328,12 +345,12 @@ def tanh_step_bwd(
     SUM: tl.constexpr, TRAIN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BETA_SUM: tl.constexpr, F64: tl.constexpr,
 ):
-    """Backward of :func:`tanh_step_fwd`: dr = dp = ∂L/∂(p_t + r) (B, H); in place dh <- the
+    """Backward of :func:`tanh_step_fwd`: dr = dp = ∂L/∂(p_t + r) (M, B, H); in place dh <- the
     part of ∂L/∂h_{t-1} that skips padded rows; partial sums as :func:`lstm_step_bwd`'s."""
-    rows, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
-    off, _, tm = _offsets(rows, units, cols, rm, um, H, 1)
+    member, row, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
+    off, _, tm = _offsets(row, units, cols, rm, um, H, 1)
     a, _, _, _, xh_sum, rstd_sum, g_sum = _preactivation(
-        r, p, off, tm, cols, rows, rm, um, w, u, n, H, eps,
+        r, p, off, tm, member * H + cols, row, rm, um, w, u, n, H, eps,
         None, None, None, None, gamma_sum, beta_sum, mean_sum, var_sum,
         0, SUM, False, HAS_BETA_SUM, False, TRAIN, F64)
     h = _tanh(a)
@@ -341,7 +358,7 @@ def tanh_step_bwd(
     ds = w * (dh_t + _load(dout + off, tm, F64)) * (1.0 - h * h)
     if SUM != 0:
         ds = _norm_bwd(ds, xh_sum, rstd_sum, g_sum, SUM, TRAIN, dgamma_sum, dbeta_sum,
-                       HAS_BETA_SUM, tl.program_id(0) * H, cols, um, w, u, n, H)
+                       HAS_BETA_SUM, _part(member, H), cols, um, w, u, n, H)
     tl.store(dp + off, ds, mask=tm)
     tl.store(dr + off, ds, mask=tm)
     tl.store(dh + off, (1.0 - w) * dh_t, mask=tm)

@@ -11,6 +11,10 @@ Backward, for t = T-1 .. 0::
     GH += DR[t] @ W_hh                                                  cuBLAS
     then ∂W_hh = Σ_t DR[t]^T Hs[t] in one GEMM over all steps.
 
+Every tensor carries a member axis M after time (p (T, M, B, G*H), W_hh (M, G*H, H), γ (M, F),
+...): the products are batched GEMMs over members (plain GEMMs for M = 1, an ordinary layer, as
+before), and each step kernel serves every member in one launch (grid axis 2).
+
 Kernels are launched by keyword, with None for an absent tensor (the kernels derive their HAS_*
 flags from that). Tensors are named by slot (``SLOTS``): gamma_<slot>, beta_<slot> (parameters),
 mean_<slot>, var_<slot> (statistics), dgamma_<slot>, dbeta_<slot> (their gradients).
@@ -101,8 +105,27 @@ def make_plan(hh: int, sum_: int, cell: int, *, B: int, H: int, train: bool, has
     return Plan(gates, hh, sum_, cell, train, has_mask, f64, eps, block_b, block_h, num_warps)
 
 
-def _grid(plan: Plan, B: int, H: int) -> tuple[int, int]:
-    return (-(-B // plan.block_b), -(-H // plan.block_h))
+def _grid(plan: Plan, M: int, B: int, H: int) -> tuple[int, int, int]:
+    return (-(-B // plan.block_b), -(-H // plan.block_h), M)
+
+
+def _bmm(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """out = a @ b per member, a (M, n, k), b (M, k, m): cuBLAS's plain GEMM for one member
+    (what an ordinary layer always ran), one batched GEMM for several."""
+    if a.shape[0] == 1:
+        torch.mm(a[0], b[0], out=out[0])
+    else:
+        torch.bmm(a, b, out=out)
+    return out
+
+
+def _baddbmm_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """acc += a @ b per member, in place (as :func:`_bmm`)."""
+    if a.shape[0] == 1:
+        acc[0].addmm_(a[0], b[0])
+    else:
+        acc.baddbmm_(a, b)
+    return acc
 
 
 def _at(buf: Tensor | None, t: int) -> Tensor | None:
@@ -120,20 +143,21 @@ SAVED = ("p", "Hs", "Cs", "R", "W", "mask", *PARAMS, *STATS)
 
 # ------------------------------------------------------------------ the loops (pure functions)
 def forward_loop(plan: Plan, inp: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
-    """inp: p (T, B, 4H), h0, c0 (B, H), W (4H, H), mask (T, B) int8 or None, gamma_<slot>,
-    beta_<slot>, and in evaluation the population statistics mean_<slot>, var_<slot> (T, F) of
-    the BN slots. Returns Hs, Cs (T+1, B, H), R (T, B, 4H) and the statistics mean_<slot>,
-    var_<slot> of every normalized slot (BN: (T, F) per feature; LN: (T, B) per row)."""
+    """inp: p (T, M, B, 4H), h0, c0 (M, B, H), W (M, 4H, H), mask (T, M, B) int8 or None,
+    gamma_<slot>, beta_<slot> (M, F), and in evaluation the population statistics mean_<slot>,
+    var_<slot> (T, M, F) of the BN slots. Returns Hs, Cs (T+1, M, B, H), R (T, M, B, 4H) and
+    the statistics mean_<slot>, var_<slot> of every normalized slot (BN: (T, M, F) per
+    feature; LN: (T, M, B) per row)."""
     p, W, mask = inp["p"], inp["W"], inp["mask"]
-    T, B, G = p.shape
+    T, M, B, G = p.shape
     H = G // plan.gates
     acc = torch.float64 if plan.f64 else torch.float32
     lstm = plan.gates == 4
-    Hs = p.new_empty(T + 1, B, H)
+    Hs = p.new_empty(T + 1, M, B, H)
     Hs[0].copy_(inp["h0"])
     Cs = None
     if lstm:
-        Cs = torch.empty(T + 1, B, H, dtype=acc, device=p.device)
+        Cs = torch.empty(T + 1, M, B, H, dtype=acc, device=p.device)
         Cs[0].copy_(inp["c0"])
     R = torch.empty_like(p)
     out = {"Hs": Hs, "Cs": Cs, "R": R}
@@ -141,14 +165,14 @@ def forward_loop(plan: Plan, inp: dict[str, Tensor | None]) -> dict[str, Tensor 
         kind = plan.kind(slot)
         computed = kind == kernels.LN or (kind == kernels.BN and plan.train)
         for stat in ("mean_" + slot, "var_" + slot):
-            shape = (T, B) if kind == kernels.LN else (T, plan.features(slot, H))
+            shape = (T, M, B) if kind == kernels.LN else (T, M, plan.features(slot, H))
             out[stat] = torch.empty(shape, dtype=acc, device=p.device) if computed else inp.get(stat)
     params = {k: inp[k] for k in _names(plan, "gamma", "beta")}
     stats = _names(plan, "mean", "var")
     step = kernels.lstm_step_fwd if lstm else kernels.tanh_step_fwd
-    grid, Wt, const = _grid(plan, B, H), W.t(), plan.constexprs()
+    grid, Wt, const = _grid(plan, M, B, H), W.transpose(1, 2), plan.constexprs()
     for t in range(T):
-        torch.mm(Hs[t], Wt, out=R[t])
+        _bmm(Hs[t], Wt, out=R[t])
         cell = dict(c_prev=Cs[t], c_next=Cs[t + 1]) if lstm else {}
         step[grid](r=R[t], p=p[t], h_prev=Hs[t], h_next=Hs[t + 1], mask=_at(mask, t), **cell,
                    **params, **{k: _at(out[k], t) for k in stats}, B=B, H=H, eps=plan.eps, **const)
@@ -156,11 +180,12 @@ def forward_loop(plan: Plan, inp: dict[str, Tensor | None]) -> dict[str, Tensor 
 
 
 def backward_loop(plan: Plan, s: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
-    """s: the saved forward tensors (SAVED) and the incoming gradients GO (T, B, H), GH, GC
-    (B, H). Returns dp (T, B, G*H), dW (G*H, H), dh0, dc0 (B, H; None for the tanh RNN) and the
-    gradients dgamma_<slot>, dbeta_<slot> (None where there is no such parameter)."""
+    """s: the saved forward tensors (SAVED) and the incoming gradients GO (T, M, B, H), GH, GC
+    (M, B, H). Returns dp (T, M, B, G*H), dW (M, G*H, H), dh0, dc0 (M, B, H; None for the tanh
+    RNN) and the gradients dgamma_<slot>, dbeta_<slot> (M, F) (None where there is no such
+    parameter)."""
     p, W, mask, R, Hs, Cs = s["p"], s["W"], s["mask"], s["R"], s["Hs"], s["Cs"]
-    T, B, G = p.shape
+    T, M, B, G = p.shape
     H = G // plan.gates
     acc = torch.float64 if plan.f64 else torch.float32
     lstm = plan.gates == 4
@@ -169,10 +194,10 @@ def backward_loop(plan: Plan, s: dict[str, Tensor | None]) -> dict[str, Tensor |
     GO = s["GO"]
     DR = torch.empty_like(R)
     DP = torch.empty_like(p)
-    grid = _grid(plan, B, H)
-    parts = {}  # per-program partial sums of the parameter gradients, (T, programs, F)
+    grid = _grid(plan, M, B, H)
+    parts = {}  # per-program partial sums of the parameter gradients, (T, M, programs, F)
     for slot in plan.slots:
-        shape = (T, grid[0], plan.features(slot, H))
+        shape = (T, M, grid[0], plan.features(slot, H))
         present = {"gamma": plan.kind(slot) != kernels.NONE, "beta": s["beta_" + slot] is not None}
         for x in ("gamma", "beta"):
             parts[f"d{x}_{slot}"] = torch.empty(shape, dtype=acc, device=p.device) if present[x] else None
@@ -185,12 +210,14 @@ def backward_loop(plan: Plan, s: dict[str, Tensor | None]) -> dict[str, Tensor |
         step[grid](r=R[t], p=p[t], mask=_at(mask, t), dh=GH, dout=GO[t], dr=DR[t], dp=DP[t],
                    **cell, **params, **{k: _at(s[k], t) for k in saved},
                    **{k: _at(v, t) for k, v in parts.items()}, B=B, H=H, eps=plan.eps, **const)
-        GH.addmm_(DR[t], W)
-    out = {"dp": DP, "dh0": GH, "dc0": GC,
-           "dW": DR.reshape(T * B, G).t() @ Hs[:T].reshape(T * B, H)}
+        _baddbmm_(GH, DR[t], W)
+    # ∂W = Σ_t DR[t]^T Hs[t] per member, one GEMM over all steps: (M, G, T*B) @ (M, T*B, H)
+    DRm, Hm = DR.transpose(0, 1).reshape(M, T * B, G), Hs[:T].transpose(0, 1).reshape(M, T * B, H)
+    dW = _bmm(DRm.transpose(1, 2), Hm, out=DR.new_empty(M, G, H))
+    out = {"dp": DP, "dh0": GH, "dc0": GC, "dW": dW}
     for k in PARAMS:
         v = parts.get("d" + k)
-        out["d" + k] = None if v is None else v.sum((0, 1))
+        out["d" + k] = None if v is None else v.sum((0, 2))
     return out
 
 
@@ -250,9 +277,10 @@ GRAPHS = GraphCache()
 
 class FusedRecurrence(torch.autograd.Function):
     """Differentiable wrapper of the loops: inputs p, h0, c0 (None for the tanh RNN), W_hh and the
-    gains/shifts gamma_<slot>, beta_<slot> of ``SLOTS``; ``given`` holds the tensors that take no
-    gradient (mask, population statistics). Outputs (T, B, H), h_n, c_n (None for the tanh RNN)
-    and the step statistics mean_<slot>, var_<slot> of ``SLOTS`` (None where not computed)."""
+    gains/shifts gamma_<slot>, beta_<slot> of ``SLOTS``, each with the member axis (see
+    :func:`forward_loop`); ``given`` holds the tensors that take no gradient (mask, population
+    statistics). Outputs (T, M, B, H), h_n, c_n (None for the tanh RNN) and the step statistics
+    mean_<slot>, var_<slot> of ``SLOTS`` (None where not computed)."""
 
     @staticmethod
     def forward(ctx, plan: Plan, given: dict, p, h0, c0, W, *params):
