@@ -317,6 +317,23 @@ def lstm_step_bwd(
 
 
 # ------------------------------------------------------------------ the tanh RNN (one gate)
+@triton.jit
+def _tanh_preactivation(r, p, mask, gamma_sum, beta_sum, mean_sum, var_sum, B, H, eps,
+                        SUM: tl.constexpr, TRAIN: tl.constexpr, HAS_MASK: tl.constexpr,
+                        HAS_BETA_SUM: tl.constexpr, FWD: tl.constexpr, F64: tl.constexpr,
+                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The tile of one tanh step and its a = N_sum(p + r), shared by the forward and the
+    backward's recomputation: offsets, store mask, real rows, a, N_sum's x̂, rstd and γ, and
+    what the backward's reduction needs (member, columns, unit mask, row weights, counts)."""
+    member, row, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
+    off, _, tm = _offsets(row, units, cols, rm, um, H, 1)
+    a, _, _, _, xh_sum, rstd_sum, g_sum = _preactivation(
+        r, p, off, tm, member * H + cols, row, rm, um, w, u, n, H, eps,
+        None, None, None, None, gamma_sum, beta_sum, mean_sum, var_sum,
+        0, SUM, False, HAS_BETA_SUM, FWD, TRAIN, F64)
+    return off, tm, real, a, xh_sum, rstd_sum, g_sum, member, cols, um, w, u, n
+
+
 @triton.heuristics(_flags("mask", "beta_sum"))
 @triton.jit
 def tanh_step_fwd(
@@ -327,12 +344,9 @@ def tanh_step_fwd(
 ):
     """One step of h_t = tanh(N_sum(p_t + r)), r, p: (M, B, H); N_sum none or BN (NormRNN's
     variants); arguments as :func:`lstm_step_fwd`'s."""
-    member, row, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
-    off, _, tm = _offsets(row, units, cols, rm, um, H, 1)
-    a, _, _, _, _, _, _ = _preactivation(
-        r, p, off, tm, member * H + cols, row, rm, um, w, u, n, H, eps,
-        None, None, None, None, gamma_sum, beta_sum, mean_sum, var_sum,
-        0, SUM, False, HAS_BETA_SUM, True, TRAIN, F64)
+    off, tm, real, a, _, _, _, _, _, _, _, _, _ = _tanh_preactivation(
+        r, p, mask, gamma_sum, beta_sum, mean_sum, var_sum, B, H, eps, SUM, TRAIN, HAS_MASK,
+        HAS_BETA_SUM, True, F64, BLOCK_B, BLOCK_H)
     h = tl.where(real, _tanh(a), _load(h_prev + off, tm, F64))
     tl.store(h_next + off, h, mask=tm)
 
@@ -347,12 +361,9 @@ def tanh_step_bwd(
 ):
     """Backward of :func:`tanh_step_fwd`: dr = dp = ∂L/∂(p_t + r) (M, B, H); in place dh <- the
     part of ∂L/∂h_{t-1} that skips padded rows; partial sums as :func:`lstm_step_bwd`'s."""
-    member, row, units, cols, rm, um, real, w, u, n = _tile(mask, B, H, 1, HAS_MASK, F64, BLOCK_B, BLOCK_H)
-    off, _, tm = _offsets(row, units, cols, rm, um, H, 1)
-    a, _, _, _, xh_sum, rstd_sum, g_sum = _preactivation(
-        r, p, off, tm, member * H + cols, row, rm, um, w, u, n, H, eps,
-        None, None, None, None, gamma_sum, beta_sum, mean_sum, var_sum,
-        0, SUM, False, HAS_BETA_SUM, False, TRAIN, F64)
+    off, tm, _, a, xh_sum, rstd_sum, g_sum, member, cols, um, w, u, n = _tanh_preactivation(
+        r, p, mask, gamma_sum, beta_sum, mean_sum, var_sum, B, H, eps, SUM, TRAIN, HAS_MASK,
+        HAS_BETA_SUM, False, F64, BLOCK_B, BLOCK_H)
     h = _tanh(a)
     dh_t = _load(dh + off, tm, F64)
     ds = w * (dh_t + _load(dout + off, tm, F64)) * (1.0 - h * h)
