@@ -86,8 +86,12 @@ def shape_of(name: str) -> Shape:
 
 # (label, norm, backend): cuDNN nn.LSTM is the reference every ratio is taken against, our own
 # loop without normalization the control, then every variant on the backend training picks
-CANDIDATES = [("nn.LSTM", None, None), ("none, our loop (control)", "none", "fused"),
+# (label, norm, backend); norm None is torch's nn.LSTM, eager or (backend "graph", CUDA only)
+# captured once as a CUDA graph and replayed, as our fused loops replay theirs
+CANDIDATES = [("nn.LSTM", None, None), ("nn.LSTM, CUDA graph", None, "graph"),
+              ("none, our loop (control)", "none", "fused"),
               *((norm, norm, "auto") for norm in VARIANTS if norm != "none")]
+GRAPHED = "nn.LSTM, CUDA graph"
 # speed targets at the PTB medium shape (ratio of step time to cuDNN), and 2x everywhere
 TARGETS = {"bn_input": 1.1, "bn_recurrent": 1.5, "ln": 1.5}
 ANY_SHAPE_LIMIT = 2.0
@@ -124,18 +128,40 @@ class Timer:
         return statistics.median(times), peak
 
 
-def autocast(device, precision):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(device, precision, cache: bool = True):
+    # a captured graph must not reuse autocast's cast cache across replays (CUDA graphs docs)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                          cache_enabled=cache)
 
 
-def rnn_step(model, x, device, precision):
+def rnn_step(model, x, device, precision, *, zero: bool = True, cache: bool = True):
     def step():
-        for p in model.parameters():
-            p.grad = None
-        with autocast(device, precision):
+        if zero:
+            for p in model.parameters():
+                p.grad = None
+        with autocast(device, precision, cache):
             out, _ = model(x)
         out.float().sum().backward()
     return step
+
+
+def graphed_step(model, x, device, precision):
+    """``rnn_step`` captured once as a CUDA graph; returns its replay. Gradients are allocated by
+    the captured backward (they are None at capture), so every replay writes them afresh, as the
+    eager step does after setting them to None."""
+    step = rnn_step(model, x, device, precision, zero=False, cache=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream (cuDNN picks its algorithms)
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    model.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def build_rnn(shape: Shape, norm, backend, device):
@@ -154,17 +180,32 @@ def bench_rnn(shapes, precisions, device, warmup, reps) -> list[dict]:
         for precision in precisions:
             base = None
             for label, norm, backend in CANDIDATES:
+                if backend == "graph" and device.type != "cuda":
+                    continue  # CUDA graphs exist only on CUDA
                 if backend == "fused" and device.type != "cuda":
                     backend = "reference"  # the fused kernels need a GPU (the interpreter is for tests)
                 model = build_rnn(shape, norm, backend, device).train()
                 used = model.resolve_backend(x) if norm else "cudnn" if device.type == "cuda" else "aten"
-                ms, peak = timer(rnn_step(model, x, device, precision), warmup, reps)
-                base = ms if norm is None else base
-                rows.append(dict(shape=shape.name, precision=precision, variant=label, norm=norm,
-                                 backend=used, ms=ms, ratio=ms / base, peak_mib=peak))
+                row = dict(shape=shape.name, precision=precision, variant=label, norm=norm, backend=used)
+                try:
+                    step = (graphed_step(model, x, device, precision) if backend == "graph"
+                            else rnn_step(model, x, device, precision))
+                except RuntimeError as e:  # a capture cuDNN refuses is a finding, not a crash
+                    rows.append(row | dict(ms=math.nan, ratio=math.nan, peak_mib=math.nan,
+                                           error=str(e).splitlines()[0]))
+                    print(f"{shape.name:10s} {precision:4s} {label:22s} capture failed: {rows[-1]['error']}")
+                    continue
+                ms, peak = timer(step, warmup, reps)
+                base = ms if label == "nn.LSTM" else base
+                rows.append(row | dict(ms=ms, ratio=ms / base, peak_mib=peak))
                 print(f"{shape.name:10s} {precision:4s} {label:22s} {used:9s} {ms:9.3f} ms  "
                       f"x{ms / base:5.2f}  peak {peak:8.1f} MiB", flush=True)
                 del model
+            graph = next((r["ms"] for r in rows if r["shape"] == shape.name and r["precision"] == precision
+                          and r["variant"] == GRAPHED and not math.isnan(r["ms"])), None)
+            for r in rows:
+                if r["shape"] == shape.name and r["precision"] == precision and graph:
+                    r["ratio_graphed"] = r["ms"] / graph
     return rows
 
 
@@ -223,7 +264,9 @@ def markdown(rnn_rows, ptb_rows, meta) -> str:
              f"- Method: one training step of the recurrent stack (forward + backward of a fixed input, "
              f"gradients reset), median of {meta['reps']} steps after {meta['warmup']} warm-up steps "
              f"({'CUDA events' if meta['device'] == 'cuda' else 'perf_counter'}); ratio = time / "
-             f"`nn.LSTM` time at the same shape and precision in the same run. fp32 = float32 with "
+             f"eager `nn.LSTM` time at the same shape and precision in the same run; ratio to graphed = "
+             f"time / that of `nn.LSTM`'s step captured once as a CUDA graph and replayed (GPU only; our "
+             f"fused loops replay graphs too, so that is the like-for-like comparison). fp32 = float32 with "
              f"TF32 matmuls allowed on both sides; bf16 = `torch.autocast(bfloat16)` on both sides. "
              f"Peak memory is what the timed steps allocated above the model and input. Batch-normalized "
              f"variants in training mode (batch statistics); BN statistics frame-wise except the speech "
@@ -242,8 +285,9 @@ def markdown(rnn_rows, ptb_rows, meta) -> str:
         s = shape_of(name)
         lines += [f"## {name}: T={s.T}, B={s.B}, input {s.I}, hidden {s.H}, {s.L} layers"
                   f"{', bidirectional' if s.bidirectional else ''}", "",
-                  "| variant | backend | fp32 ms | fp32 ratio | fp32 peak MiB | bf16 ms | bf16 ratio | bf16 peak MiB |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| variant | backend | fp32 ms | fp32 ratio | fp32 ratio to graphed | fp32 peak MiB "
+                  "| bf16 ms | bf16 ratio | bf16 ratio to graphed | bf16 peak MiB |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for label, *_ in CANDIDATES:
             cells = {r["precision"]: r for r in rnn_rows if r["shape"] == name and r["variant"] == label}
             if not cells:
@@ -252,7 +296,11 @@ def markdown(rnn_rows, ptb_rows, meta) -> str:
             row = [label, backend]
             for prec in ("fp32", "bf16"):
                 r = cells.get(prec)
-                row += ["—"] * 3 if r is None else [f"{r['ms']:.3f}", f"{r['ratio']:.2f}", _mib(r["peak_mib"])]
+                if r is None or "error" in r:
+                    row += ["—"] * 4 if r is None else [f"capture failed: {r['error']}", "—", "—", "—"]
+                    continue
+                graphed = f"{r['ratio_graphed']:.2f}" if "ratio_graphed" in r else "—"
+                row += [f"{r['ms']:.3f}", f"{r['ratio']:.2f}", graphed, _mib(r["peak_mib"])]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## Targets: ratio of step time to cuDNN `nn.LSTM`", "",

@@ -18,7 +18,8 @@ def test_bench_writes_a_table_with_every_variant_and_ratios(tmp_path):
                     "--warmup", "1", "--out", str(out)])
     data = json.loads(out.with_suffix(".json").read_text())
     rows = {r["variant"]: r for r in data["rnn"]}
-    assert set(rows) == {label for label, *_ in bench_rnn.CANDIDATES}
+    # every candidate but the CUDA-graph capture, which exists only on CUDA
+    assert set(rows) == {label for label, _, backend in bench_rnn.CANDIDATES if backend != "graph"}
     assert rows["nn.LSTM"]["ratio"] == 1.0
     for r in rows.values():
         assert r["ms"] > 0 and r["ratio"] == pytest.approx(r["ms"] / rows["nn.LSTM"]["ms"])
@@ -64,6 +65,21 @@ def test_shapes_and_variants_come_from_the_configs():
     c, s = make_cfg(["experiment=speech_librispeech"]), bench_rnn.shape_of("speech")
     assert (s.B, s.H, s.L, s.stats, s.bidirectional) == (c.data.batch_size, c.model.hidden_size,
                                                         c.model.num_layers, c.model.stats, True)
-    assert [n for _, n, _ in bench_rnn.CANDIDATES[1:]] == list(VARIANTS)
+    assert [n for _, n, _ in bench_rnn.CANDIDATES if n is not None] == list(VARIANTS)
     assert set(bench_rnn.PTB_SIZES) == {"ptb_small", "ptb_medium", "ptb_large"}
     assert set(bench_rnn.TABLE2_NORMS) <= set(VARIANTS)
+
+
+def test_graphed_cudnn_ratio_and_a_failed_capture_are_rendered():
+    """The GPU-only columns: a graphed nn.LSTM row gives every row its ratio to it; a capture that
+    fails is shown as such, never as a time."""
+    meta = dict(hardware="x", device="cuda", git_revision="r", date="d", warmup=1, reps=1, command="c")
+    base = dict(shape="tiny", precision="fp32", backend="cudnn", peak_mib=1.0)
+    rows = [base | dict(variant="nn.LSTM", norm=None, ms=2.0, ratio=1.0, ratio_graphed=2.0),
+            base | dict(variant=bench_rnn.GRAPHED, norm=None, ms=1.0, ratio=0.5, ratio_graphed=1.0),
+            base | dict(variant="ln", norm="ln", backend="fused", ms=3.0, ratio=1.5, ratio_graphed=3.0),
+            base | dict(variant="bn_input", norm="bn_input", backend="fused", ms=float("nan"),
+                        ratio=float("nan"), peak_mib=float("nan"), error="capture refused")]
+    md = bench_rnn.markdown(rows, [], meta)
+    assert "| ln | fused | 3.000 | 1.50 | 3.00 | 1 |" in md
+    assert "| bn_input | fused | capture failed: capture refused |" in md
