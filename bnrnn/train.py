@@ -98,6 +98,10 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     info["git_revision"] = git_revision()
     if info["git_revision"] == "unknown":
         info["git_revision"] = os.environ.get("BNRNN_GIT_REVISION", "unknown")
+    # runs started side by side on one device (scripts/campaign.sh says how many): their times
+    # are shared-device times; None where nothing said so
+    concurrent = os.environ.get("BNRNN_CONCURRENT_RUNS")
+    info["concurrent_runs"] = int(concurrent) if concurrent and concurrent.isdigit() else None
     trainer = None
     try:
         data = instantiate(cfg.data)

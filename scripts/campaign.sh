@@ -31,6 +31,9 @@ while read -r name args; do
   # shellcheck disable=SC2086  # the overrides are words
   python scripts/prepare_data.py $args "$@" || { echo "campaign: preparing data failed: $args" >&2; exit 1; }
 done < "$jobs_file"
+# every run records how many shared the device (its times are shared-device times)
+BNRNN_CONCURRENT_RUNS=$(grep -cvE '^[[:space:]]*($|#|!prepare)' "$jobs_file" || true)
+export BNRNN_CONCURRENT_RUNS
 pids=()
 while read -r name args; do
   [[ "$name" == "!prepare" ]] && continue

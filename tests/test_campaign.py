@@ -30,6 +30,7 @@ def test_campaign_runs_jobs_side_by_side_and_packs_small_files(tmp_path, ptb_roo
     assert set(finals) == {"runs/small/none/final.json", "runs/small/bn_input/final.json"}
     assert all(f["status"] == "completed" for f in finals.values())
     assert all("trainer.max_time=600" in f["command"] for f in finals.values())  # the safety net
+    assert all(f["concurrent_runs"] == 2 for f in finals.values())  # !prepare and comments are not runs
     assert not any(n.endswith(".pt") for n in names)  # checkpoints never travel back
     assert "runs/small/none/.hydra/config.yaml" in names and "runs/small/none.log" in names
     assert "prepare_data: bnrnn.data.ptb.PTBWordData ready" in p.stdout  # built once, first

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -153,6 +154,18 @@ def test_provenance_comes_from_the_runs(tmp_path):
     assert "GPU A (cuda) (2 runs)" in text
     assert "2025-01-02T00:00:00+0000 to 2025-01-05T00:00:00+0000" in text
     assert "0123456789 (2 runs)" in text
+
+
+def test_hardware_says_how_many_runs_shared_the_device(tmp_path):
+    from bnrnn.report.table import hardware
+
+    write_run(tmp_path / "alone", seed=1)
+    shared = write_run(tmp_path / "shared", seed=2)
+    final = json.loads((shared / "final.json").read_text())
+    write_json(shared / "final.json", final | {"concurrent_runs": 12})
+    alone, together = (load_runs(tmp_path / d) for d in ("alone", "shared"))
+    assert hardware(SimpleNamespace(runs=alone)) == "Test GPU (cuda)"
+    assert hardware(SimpleNamespace(runs=together)) == "Test GPU (cuda), shared by 12 runs"
 
 
 # ---------------------------------------------------------------------- the PTB table

@@ -215,8 +215,12 @@ def deviation_notes(rows: list[Row]) -> list[str]:
 
 
 def hardware(row) -> str | None:
-    """The row's hardware, each kind once (None for a row without runs)."""
-    return "; ".join(sorted({r.hardware or "unknown" for r in row.runs})) or None
+    """The row's hardware, each kind once, with how many runs shared the device where a run
+    recorded it (None for a row without runs)."""
+    def one(run: Run) -> str:
+        shared = run.final.get("concurrent_runs")
+        return (run.hardware or "unknown") + (f", shared by {shared} runs" if shared and shared > 1 else "")
+    return "; ".join(sorted({one(r) for r in row.runs})) or None
 
 
 # The columns every table of Rows starts from.
