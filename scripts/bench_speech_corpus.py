@@ -14,11 +14,13 @@ audio seconds / process seconds). The same utterances are then stored and opened
   ``datasets``' own ``with_format("torch")`` row access.
 
 For each it measures the write time (from the finished shards), the sha256 time, and, in a
-fresh subprocess each: the open time, the peak RSS (``ru_maxrss``) and the anonymous RSS
+fresh subprocess each: the open time, the peak RSS (``VmHWM``, see :func:`memory`) and the anonymous RSS
 (memory the process owns, not file pages that the kernel can drop) after opening, the
 ``SpeechData`` setup (feature statistics: one pass over every frame) and one epoch of training
-batches. The page cache is warm (the files were just written). Every figure is projected to a
-50-hour corpus linearly in hours (marked as projected). Writes ``--out`` and a JSON beside it.
+batches. The page cache is warm (the files were just written). All of it runs for the
+synthesized corpus and for it repeated ``--tile`` times (more data without more synthesis);
+every figure is projected to a 50-hour corpus on the line through the two sizes (marked as
+projected). Writes ``--out`` and a JSON beside it.
 
     python scripts/bench_speech_corpus.py --hours 0.5 --out results/bench_speech_corpus.md
 """
@@ -50,6 +52,7 @@ from bnrnn.data.speech.synthetic import SyntheticSpeechData, make_plan, synthesi
 from bnrnn.io import git_revision, hardware, write_json, write_text  # noqa: E402
 
 TARGET_HOURS = 50.0
+EPOCHS = 3  # epochs timed per run (the fastest is reported): the machine may be shared
 SECONDS_PER_UTTERANCE = 6.9  # measured mean of PTB train sentences at the default voices/rates
 FORMATS = {  # key -> what the report calls it
     "pt_concat": "torch shards, concatenated (format 1, before)",
@@ -168,15 +171,20 @@ class FormatterRows:
 
 
 def memory() -> dict:
-    """Peak RSS since :func:`reset_peak` (``ru_maxrss``) and the current anonymous and file RSS."""
+    """Peak RSS since :func:`reset_peak` and the current anonymous and file-backed RSS (MiB).
+
+    The peak is ``VmHWM``, the kernel's high-water mark of this process's own memory map:
+    ``resource.getrusage(...).ru_maxrss`` cannot serve, as Linux carries it across fork + exec,
+    so a child started by a large parent reports the parent's peak (it did: every format read
+    the same 1,137 MiB, the benchmark's own size)."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     mib = lambda key: int(status[key].split()[0]) / 1024  # noqa: E731
-    return {"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "anon_mib": mib("RssAnon"), "file_mib": mib("RssFile")}
+    return {"peak_mib": mib("VmHWM"), "anon_mib": mib("RssAnon"), "file_mib": mib("RssFile"),
+            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def reset_peak() -> None:
-    """Start ``ru_maxrss`` afresh at the current RSS (Linux ``clear_refs`` 5), so the peak of
+    """Start the peak afresh at the current RSS (Linux ``clear_refs`` 5), so the peak of
     opening is not the peak of importing torch and datasets."""
     Path("/proc/self/clear_refs").write_text("5")
 
@@ -201,13 +209,35 @@ def child(fmt: str, directory: Path, verify: bool, epoch: bool) -> dict:
     data = SpeechData(splits, num_classes=len(espeak.PHONEME_CLASSES), max_frames=None)
     out["setup_s"] = time.perf_counter() - start
     utts = FormatterRows(directory) if fmt == "arrow_formatter" else data.splits["train"]
-    start, frames, batches = time.perf_counter(), 0, 0
-    for idx in data.plan("train", 0):
-        features, lengths, labels = collate([utts[int(i)] for i in idx])
-        frames += int(lengths.sum())
-        batches += 1
-    out.update(epoch_s=time.perf_counter() - start, batches=batches, frames=frames, epoch=memory())
+    times = []
+    for epoch in range(1 if fmt == "arrow_formatter" else EPOCHS):  # all from a warm page cache
+        start, frames, batches = time.perf_counter(), 0, 0
+        for idx in data.plan("train", epoch):
+            features, lengths, labels = collate([utts[int(i)] for i in idx])
+            frames += int(lengths.sum())
+            batches += 1
+        times.append(time.perf_counter() - start)
+    out.update(epoch_s=min(times), epoch_times_s=times, batches=batches, frames=frames,
+               epoch=memory())
     return out
+
+
+def alternating_epochs(pt: Path, arrow: Path, rounds: int = 5) -> dict:
+    """Epoch times of the three fast paths in one process, alternating epoch by epoch (the
+    same plan for all): a paired comparison that load on a shared machine cannot tilt."""
+    torch.set_num_threads(1)
+    utts = {"pt_concat": open_pt_concat(pt, False)["train"], "pt_mmap": open_pt_mmap(pt, False)["train"],
+            "arrow": open_arrow(arrow, False)["train"]}
+    data = SpeechData({"train": utts["arrow"]}, num_classes=len(espeak.PHONEME_CLASSES), max_frames=None)
+    times = {key: [] for key in utts}
+    for epoch in range(rounds):
+        plan = data.plan("train", epoch)
+        for key, u in utts.items():
+            start = time.perf_counter()
+            for idx in plan:
+                collate([u[int(i)] for i in idx])
+            times[key].append(time.perf_counter() - start)
+    return {"epoch_s": {k: min(v) for k, v in times.items()}, "epoch_times_s": times}
 
 
 def measure(fmt: str, directory: Path, *, verify: bool = True, epoch: bool = True) -> dict:
@@ -228,10 +258,10 @@ METRICS = [  # (column, unit, how to read it from a format's figures; None: not 
     ("open (sha256 included)", "s", lambda f: f["verified"]["open_s"]),
     ("open (sha256 done before)", "s", lambda f: f["unverified"]["open_s"] if "unverified" in f else None),
     ("anon RSS after open", "MiB", lambda f: f["verified"]["open"]["anon_mib"]),
-    ("peak RSS after open", "MiB", lambda f: f["verified"]["open"]["maxrss_mib"]),
+    ("peak RSS after open", "MiB", lambda f: f["verified"]["open"]["peak_mib"]),
     ("SpeechData setup", "s", lambda f: f["verified"]["setup_s"]),
     ("one epoch of batches", "s", lambda f: f["verified"]["epoch_s"]),
-    ("peak RSS after epoch", "MiB", lambda f: f["verified"]["epoch"]["maxrss_mib"]),
+    ("peak RSS after epoch", "MiB", lambda f: f["verified"]["epoch"]["peak_mib"]),
     ("anon RSS after epoch", "MiB", lambda f: f["verified"]["epoch"]["anon_mib"]),
 ]
 
@@ -280,18 +310,22 @@ def markdown(r: dict) -> str:
         f"Hardware: {m['hardware']}. Git revision: {m['git_revision']}. datasets {m['datasets']}, "
         f"pyarrow {m['pyarrow']}.",
         f"Command: `{m['command']}`",
+        f"Load average when it finished (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in m['load_average'])} "
+        f"on {os.cpu_count()} cores (a shared machine makes small timings noisy).",
         "",
         "Formats: " + "; ".join(f"**{label}**" for label in FORMATS.values()) + " (the last reads the "
         "same files as the one before it, through `datasets`' per-row formatter). Every open, setup "
         "and epoch is measured in a fresh process (`import datasets` done before the clock starts: "
         f"{r['baseline']['import_datasets_s']:.2f} s, paid once per process by the Arrow format); "
         "page cache warm (the files were just written). *anon RSS*: memory the process owns "
-        "(`RssAnon`); *peak RSS*: `ru_maxrss` since the imports (reset "
-        "through `/proc/self/clear_refs`), which also counts the touched file pages of a memory map "
+        "(`RssAnon`); *peak RSS*: `VmHWM` since the imports (reset "
+        "through `/proc/self/clear_refs`; `ru_maxrss` would report the parent's peak, which Linux "
+        "carries across fork + exec), which also counts the touched file pages of a memory map "
         "(page cache the kernel can drop). Interpreter baseline (python, torch, datasets imported, "
-        f"nothing opened): {r['baseline']['anon_mib']:.0f} MiB anon, {r['baseline']['maxrss_mib']:.0f} MiB peak. "
-        "One epoch: every training batch of `SpeechData` (24 utterances, deltas, padding) collated "
-        "once, one thread. SpeechData setup: its feature statistics, one pass over every frame.",
+        f"nothing opened): {r['baseline']['anon_mib']:.0f} MiB anon, {r['baseline']['peak_mib']:.0f} MiB peak. "
+        f"One epoch: every training batch of `SpeechData` (24 utterances, deltas, padding) collated "
+        f"once, one thread. Times: the fastest of {m['rounds']} interleaved rounds x {EPOCHS} epochs "
+        f"(the formatter: one round); memory: the median. SpeechData setup: its feature statistics, one pass over every frame.",
         "",
         "## Generation (common to both formats)",
         "",
@@ -311,7 +345,36 @@ def markdown(r: dict) -> str:
              else "proportional to hours")
     lines += [f"## Projected to {TARGET_HOURS:g} h (not measured: {basis}, linear in hours)", ""]
     lines += table(projected) + [""]
+    lines += summary(measured[-1], projected, sizes[-1]["hours"], gen_50, sizes[-1]["alternating"])
     return "\n".join(lines) + "\n"
+
+
+def summary(measured: dict, projected: dict, hours: float, gen_50: float, alternating: dict) -> list[str]:
+    """The comparisons the decision rests on, in numbers (largest measured size; projected)."""
+    col = {name: j for j, (name, _, _) in enumerate(METRICS)}
+
+    def both(key: str, name: str) -> str:
+        unit = METRICS[col[name]][1]
+        return f"{cell(measured[key][col[name]], unit)} ({cell(projected[key][col[name]], unit)} projected)"
+
+    arrow_write = projected["arrow"][col["write"]]
+    return [
+        f"## Comparison ({hours:.2f} h measured; 50 h projected)", "",
+        *(f"- {name}: " + "; ".join(f"{short} {both(key, name)}" for key, short in
+                                    (("pt_concat", "concatenated shards"), ("pt_mmap", "mmap shards"),
+                                     ("arrow", "Arrow"), ("arrow_formatter", "Arrow via with_format"))
+                                    if measured[key][col[name]] is not None)
+          for name in ("open (sha256 included)", "open (sha256 done before)", "anon RSS after open",
+                       "one epoch of batches", "write")),
+        f"- one epoch, the three in one process, alternating epoch by epoch (fastest of "
+        f"{len(alternating['epoch_times_s']['arrow'])}): "
+        + "; ".join(f"{short} {cell(alternating['epoch_s'][key], 's')}" for key, short in
+                    (("pt_concat", "concatenated shards"), ("pt_mmap", "mmap shards"), ("arrow", "Arrow"))),
+        f"- Arrow's write comes on top of the workers' shards (it reads them): "
+        f"{cell(arrow_write, 's')} projected at 50 h, "
+        f"{100 * arrow_write / gen_50:.1f} % of the projected generation ({cell(gen_50, 's')}).",
+        "",
+    ]
 
 
 def main(argv=None) -> dict:
@@ -327,13 +390,24 @@ def main(argv=None) -> dict:
     p.add_argument("--ptb", default=str(REPO / "tests/fixtures/ptb"), help="folder with ptb.train.txt")
     p.add_argument("--work-dir", help="where the corpora go (default: a temporary folder, removed)")
     p.add_argument("--out", default=str(REPO / "results/bench_speech_corpus.md"))
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measurements per format "
+                   "(the fastest time is reported; the formatter runs once)")
+    p.add_argument("--from-json", help="re-render --out from a result JSON (measures nothing)")
     p.add_argument("--child", nargs=2, metavar=("FORMAT", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-epoch", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]), not args.no_verify, not args.no_epoch)))
+        fmt, where = args.child
+        if fmt == "alternating":
+            print(json.dumps(alternating_epochs(Path(where) / "pt", Path(where) / "arrow")))
+        else:
+            print(json.dumps(child(fmt, Path(where), not args.no_verify, not args.no_epoch)))
         return {}
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        write_text(args.out, markdown(result))
+        return result
     if args.utterances is None:
         args.utterances = max(1, math.ceil(args.hours * 3600 / SECONDS_PER_UTTERANCE))
     if args.utterances < 1 or args.shard_size < 1 or args.workers < 1:
@@ -348,7 +422,22 @@ def main(argv=None) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def storage(parts: Path, entries: list[dict], work: Path) -> dict:
+def combine(runs: list[dict]) -> dict:
+    """One figure per field from repeated runs: the fastest time (``*_s``: what the code costs
+    when the shared machine lets it run), the median of the rest; the runs are kept too."""
+    out = {}
+    for k, v in runs[0].items():
+        values = [r[k] for r in runs]
+        if isinstance(v, dict):
+            out[k] = combine(values)
+        elif isinstance(v, list):
+            out[k] = values
+        else:
+            out[k] = min(values) if k.endswith("_s") else float(np.median(values))
+    return out
+
+
+def storage(parts: Path, entries: list[dict], work: Path, rounds: int) -> dict:
     """Every format's figures for the corpus of torch shards ``parts`` (see the docstring)."""
     pt, arrow = work / "pt", work / "arrow"
     formats = {k: {} for k in FORMATS}
@@ -365,13 +454,21 @@ def storage(parts: Path, entries: list[dict], work: Path) -> dict:
     for name in json.loads((arrow / "manifest.json").read_text())["files"]:
         sha256sum(arrow / name)
     formats["arrow"]["sha256_s"] = time.perf_counter() - start
-    for key in FORMATS:
-        directory = pt if key.startswith("pt") else arrow
-        formats[key]["verified"] = measure(key, directory)
-        if key != "arrow_formatter":
-            formats[key]["unverified"] = measure(key, directory, verify=False, epoch=False)
+    runs = {key: {"verified": [], "unverified": []} for key in FORMATS}
+    for _ in range(rounds):  # interleaved, so a burst of load on a shared machine hits every format
+        for key in FORMATS:
+            directory = pt if key.startswith("pt") else arrow
+            if key == "arrow_formatter" and runs[key]["verified"]:
+                continue  # tens of times slower: one run says enough
+            runs[key]["verified"].append(measure(key, directory))
+            if key != "arrow_formatter":
+                runs[key]["unverified"].append(measure(key, directory, verify=False, epoch=False))
+    for key, r in runs.items():
+        formats[key].update({k: combine(v) for k, v in r.items() if v})
+    alternating = measure("alternating", work)
     return {"hours": sum(e["seconds"] for e in entries) / 3600, "utterances": sum(e["utterances"] for e in entries),
             "frames": sum(e["frames"] for e in entries), "shards": len(entries), "formats": formats,
+            "alternating": alternating,
             "bytes": {"pt": sum((pt / e["file"]).stat().st_size for e in entries),
                       "arrow": sum(v["bytes"] for v in json.loads((arrow / "manifest.json").read_text())["files"].values())}}
 
@@ -382,16 +479,18 @@ def run(args, work: Path) -> dict:
 
     parts = work / "parts"
     entries, gen_s = generate(parts, args)
-    sizes = [storage(parts, entries, work / "x1")]
+    sizes = [storage(parts, entries, work / "x1", args.rounds)]
     if args.tile > 1:
         tiled = tile(parts, entries, args.tile, work / f"parts-x{args.tile}")
-        sizes.append(storage(work / f"parts-x{args.tile}", tiled, work / f"x{args.tile}"))
+        sizes.append(storage(work / f"parts-x{args.tile}", tiled, work / f"x{args.tile}", args.rounds))
     result = {
         "meta": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  "hardware": hardware("cpu"), "git_revision": git_revision(REPO),
                  "command": "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:]),
                  "datasets": datasets.__version__, "pyarrow": pyarrow.__version__,
-                 "shard_size": args.shard_size, "workers": args.workers, "tile": args.tile},
+                 "shard_size": args.shard_size, "workers": args.workers, "tile": args.tile,
+                 "rounds": args.rounds,
+                 "load_average": os.getloadavg()},
         "generation": {"wall_s": gen_s, "hours": sizes[0]["hours"], "utterances": sizes[0]["utterances"],
                        "shards": len(entries),
                        "rtf_per_process": float(np.mean([e["seconds"] / e["process_s"] for e in entries]))},

@@ -140,6 +140,8 @@ class Utterances:
     def frames(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every utterance's frames in order, copied into one (Σ T_i, 41) and one (Σ T_i,)
         tensor (for inspection and tests; training reads the views of ``self[i]``)."""
+        if not len(self):
+            return torch.zeros(0, STATIC_DIM), torch.zeros(0, dtype=torch.int16)
         items = [self[i] for i in range(len(self))]
         return torch.cat([f for f, _ in items]), torch.cat([y for _, y in items])
 
