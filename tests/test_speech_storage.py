@@ -114,6 +114,7 @@ def test_opening_maps_the_arrow_files_instead_of_copying(built):
     assert both[0][0].data_ptr() == train[2][0].data_ptr() and both.ids[-1] == splits["dev"].ids[0]
 
 
+@pytest.mark.slow  # the fast tier checks the same through eSpeak: test_generation_is_byte_identical
 def test_two_builds_are_byte_identical(built, tmp_path):
     directory, _ = built
     again = corpus_dir(tmp_path)
