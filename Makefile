@@ -29,8 +29,11 @@ test: ## fast CPU test tier (what CI runs)
 test-all: ## every tier that can run here (slow included; GPU tests skip without CUDA)
 	$(PYTHON) -m pytest -q
 
-bench: ## time every NormLSTM variant against cuDNN/native nn.LSTM -> results/bench.md
+# the speech cache benchmark runs on CPU (eSpeak); SPEECH_BENCH_ARGS="--hours 2 --tile 25" scales it
+SPEECH_BENCH_ARGS ?=
+bench: ## time every NormLSTM variant against cuDNN/native nn.LSTM -> results/bench.md; the speech cache's formats -> results/bench_speech_corpus.md
 	$(PYTHON) scripts/bench_rnn.py --device $(DEVICE) --out results/bench.md
+	$(PYTHON) scripts/bench_speech_corpus.py --out results/bench_speech_corpus.md $(SPEECH_BENCH_ARGS)
 
 tables: ## regenerate results/*.md, *.csv and figures from results/runs
 	$(PYTHON) scripts/make_tables.py

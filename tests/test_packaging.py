@@ -40,7 +40,7 @@ def child(code: str, *, blocked=(), cwd=REPO, env=None, flags=()) -> subprocess.
 
 
 def test_layers_and_trainer_need_no_speech_extra():
-    speech = ("lhotse", "kaldi_native_fbank", "soundfile", "scipy")
+    speech = ("lhotse", "kaldi_native_fbank", "soundfile", "scipy", "datasets")
     ok = child("import bnrnn.nn, bnrnn.train, bnrnn.report\n"
                "from bnrnn.nn import NormLSTM\n"
                "import torch\n"

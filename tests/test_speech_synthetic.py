@@ -26,12 +26,15 @@ def corpus(ptb_root, tmp_path_factory):
 
 
 def test_generation_is_byte_identical(corpus, ptb_root, tmp_path):
-    """Same config, a second cache: every shard (each from its own fresh process) and the
-    manifest are byte-for-byte the same."""
+    """Same config, a second cache: every file (Arrow tables, datasets' state.json and
+    dataset_info.json, the manifest) is byte-for-byte the same."""
     again = SyntheticSpeechData(**corpus_options(ptb_root, tmp_path))
-    first = sorted(p.name for p in corpus.directory.iterdir())
-    assert first == sorted(p.name for p in again.directory.iterdir())
-    assert len([n for n in first if n.startswith("train-")]) == 2  # two shards, two processes
+    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    first = files(corpus.directory)
+    assert first == files(again.directory)
+    assert {"manifest.json", "dataset_dict.json", "train/state.json", "train/dataset_info.json",
+            "train/data-00000-of-00001.arrow"} <= set(first)
+    assert [s["split"] for s in again.manifest["shards"]].count("train") == 2  # two processes
     for name in first:
         assert (corpus.directory / name).read_bytes() == (again.directory / name).read_bytes(), name
 
@@ -115,7 +118,7 @@ def test_each_library_speaks_within_the_inventory(which, ptb_root, tmp_path):
                                                                        "utterances": {"train": 2}})
     manifest = json.loads((data.directory / "manifest.json").read_text())
     assert manifest["config"]["espeak"] == espeak.library_version(which)
-    labels = data.splits["train"].labels
+    labels = data.splits["train"].frames()[1]
     assert labels.min() >= 0 and labels.max() < len(PHONEME_CLASSES) and (labels > 0).float().mean() > 0.5
 
 

@@ -8,7 +8,8 @@ import importlib.util
 
 # module -> the distribution that provides it (pyproject.toml's [speech] extra)
 _SPEECH_MODULES = {"kaldi_native_fbank": "kaldi-native-fbank", "lhotse": "lhotse",
-                   "soundfile": "soundfile", "scipy": "scipy"}
+                   "soundfile": "soundfile", "scipy": "scipy",
+                   "datasets": "datasets"}
 _missing = [dist for module, dist in _SPEECH_MODULES.items() if importlib.util.find_spec(module) is None]
 if _missing:
     raise ImportError(f"bnrnn.data.speech needs the speech extra, missing here: {', '.join(_missing)}; "

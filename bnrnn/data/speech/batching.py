@@ -126,8 +126,8 @@ class SpeechData:
         for name, utts in self.splits.items():
             if len(utts) == 0:
                 raise ValueError(f"SpeechData: split {name!r} has no utterances")
-            top = int(utts.labels.max()) if utts.labels.numel() else 0
-            if top >= num_classes or int(utts.labels.min()) < 0:
+            low, top = utts.label_range()
+            if top >= num_classes or low < 0:
                 raise ValueError(f"SpeechData: split {name!r} has labels outside [0, {num_classes})")
             log.info("speech data: %s: %d utterances, %d frames (%.2f h)", name, len(utts),
                      utts.num_frames, utts.num_frames / 360000)
