@@ -225,6 +225,7 @@ _LOCAL = {"root": optional(string()), "cache_dir": string(), "download": BOOL}
 _BATCHES = {"batch_size": POSITIVE, "eval_batch_size": POSITIVE, "limit_batches": optional(POSITIVE)}
 _SPEECH = {**_LOCAL, **_BATCHES, "shard_size": POSITIVE, "workers": POSITIVE,
            "max_frames": optional(POSITIVE), "sort_pool": POSITIVE, "batch_seed": SEED,
+           "pad_multiple": optional(POSITIVE),
            "progress": BOOL}
 # speech split -> PTB text split (bnrnn.data.speech.synthetic.TEXT_SPLITS)
 SYNTHETIC_SPLITS = ("train", "dev", "test")

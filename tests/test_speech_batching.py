@@ -54,6 +54,24 @@ def test_collate_pads_time_major():
     assert labels[:3, 1].tolist() == utts[1][1].tolist()
 
 
+def test_pad_multiple_fixes_the_batch_lengths_and_only_adds_padding():
+    """Rounded-up T: few distinct batch shapes (CUDA graphs replay); the real frames, lengths
+    and labels are those of the unrounded batch (test_speech_model: more padding changes nothing)."""
+    utts = utterances([5, 3, 12, 7, 9, 2, 11])
+    plain = SpeechData({"train": utts}, num_classes=5, batch_size=2, max_frames=None)
+    fixed = SpeechData({"train": utts}, num_classes=5, batch_size=2, max_frames=None, pad_multiple=4)
+    shapes = set()
+    for (f0, l0, y0), (f1, l1, y1) in zip(plain.batches("train", 1), fixed.batches("train", 1)):
+        T = f0.shape[0]
+        assert f1.shape[0] % 4 == 0 and T <= f1.shape[0] < T + 4
+        assert torch.equal(l0, l1) and torch.equal(f1[:T], f0) and torch.equal(y1[:T], y0)
+        assert f1[T:].abs().sum() == 0 and (y1[T:] == IGNORE).all()
+        shapes.add(f1.shape[0])
+    assert shapes <= {4, 8, 12}
+    with pytest.raises(ValueError, match="pad_multiple must be >= 1"):
+        SpeechData({"train": utts}, num_classes=5, pad_multiple=0)
+
+
 def test_long_training_utterances_are_dropped_and_counted(caplog):
     caplog.set_level(logging.INFO, logger="bnrnn")
     data = SpeechData({"train": utterances([10, 40, 20, 41]), "dev": utterances([50])},

@@ -4,7 +4,8 @@ Shared by both corpora (:class:`~bnrnn.data.speech.librispeech.LibriSpeechData`,
 :class:`~bnrnn.data.speech.synthetic.SyntheticSpeechData`). A batch is
 
     features  (T, B, 123) float32   static features + Δ + ΔΔ, zeros at padded frames
-    lengths   (B,)        int64     real frames per utterance (T = max length)
+    lengths   (B,)        int64     real frames per utterance (T = max length, rounded up to a
+                                    multiple of ``pad_multiple`` where one is set)
     labels    (T, B)      int64     class per frame, -100 (``IGNORE``) at padded frames
 
 Features are *not* normalized here: the global mean and standard deviation of the training
@@ -16,6 +17,12 @@ by ``(seed, epoch)``, cut into pools of ``sort_pool`` batches, each pool sorted 
 cut into batches, and the batch order shuffled again: batches hold utterances of similar
 length (little padding) but differ from epoch to epoch, and a resumed run sees the same
 batches as an uninterrupted one. Evaluation batches are fixed: utterances sorted by length.
+
+Fixed batch lengths (``pad_multiple``): the fused recurrence replays a CUDA graph per input
+shape it has seen, so batches of every possible length would mostly run eagerly. Rounding T up
+to a multiple of ``pad_multiple`` leaves at most ``ceil(max_frames / pad_multiple)`` lengths,
+each replayed from its graph after its second batch. The extra frames are padding: masked in
+the recurrence, the loss and every statistic, so the numbers do not change.
 """
 from __future__ import annotations
 
@@ -54,10 +61,14 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[(static (T_i, 41), labels (T_i,))] -> features (T, B, 123), lengths (B,), labels (T, B)."""
+def collate(items: list[tuple[torch.Tensor, torch.Tensor]], pad_multiple: int | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[(static (T_i, 41), labels (T_i,))] -> features (T, B, 123), lengths (B,), labels (T, B);
+    T is the longest utterance, rounded up to a multiple of ``pad_multiple`` if given."""
     lengths = torch.tensor([len(y) for _, y in items], dtype=torch.int64)
     T, B = int(lengths.max()), len(items)
+    if pad_multiple:
+        T = -(-T // pad_multiple) * pad_multiple
     features = torch.zeros(T, B, FEATURE_DIM, dtype=torch.float32)
     labels = torch.full((T, B), IGNORE, dtype=torch.int64)
     for b, (static, y) in enumerate(items):
@@ -97,13 +108,16 @@ class SpeechData:
         seed: seeds the per-epoch bucketing shuffle.
         sort_pool: batches per length-sorting pool (see the module docstring).
         limit_batches: use only the first N batches of every split (smoke tests, CI).
+        pad_multiple: round every batch's T up to a multiple of this (module docstring: fixed
+            batch lengths, so CUDA graphs replay); None pads to the longest utterance only.
     """
 
     stateful = False
 
     def __init__(self, splits: dict[str, Utterances], num_classes: int, *, batch_size: int = 24,
                  eval_batch_size: int = 24, max_frames: int | None = 1300, seed: int = 0,
-                 sort_pool: int = 50, limit_batches: int | None = None):
+                 sort_pool: int = 50, limit_batches: int | None = None,
+                 pad_multiple: int | None = None):
         if "train" not in splits:
             raise ValueError(f"SpeechData: a 'train' split is required; got {sorted(splits)}")
         if batch_size < 1 or eval_batch_size < 1:
@@ -111,7 +125,10 @@ class SpeechData:
                              f"eval_batch_size={eval_batch_size}")
         self.num_classes = num_classes
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        if pad_multiple is not None and pad_multiple < 1:
+            raise ValueError(f"SpeechData: pad_multiple must be >= 1 or None; got {pad_multiple}")
         self.seed, self.sort_pool, self.limit = seed, sort_pool, limit_batches
+        self.pad_multiple = pad_multiple
         train = splits["train"]
         if max_frames:
             keep = [i for i in range(len(train)) if int(train.lengths[i]) <= max_frames]
@@ -166,7 +183,7 @@ class SpeechData:
         """Yields (features (T, B, 123) float32, lengths (B,) int64, labels (T, B) int64)."""
         utts = self._split(split)
         for idx in self.plan(split, epoch):
-            yield collate([utts[int(i)] for i in idx])
+            yield collate([utts[int(i)] for i in idx], self.pad_multiple)
 
 
 __all__ = ["IGNORE", "SpeechData", "bucket_batches", "collate", "feature_statistics",

@@ -206,7 +206,7 @@ class LibriSpeechData(SpeechData):
         split_md5: MD5 per split list; defaults to the CPC lists'.
         dev_fraction, dev_seed: the share of the train list held out as dev (0: no dev split).
         shard_size, workers: utterances per cache shard, parallel feature processes.
-        batch_size, eval_batch_size, max_frames, sort_pool, limit_batches, batch_seed: see
+        batch_size, eval_batch_size, max_frames, sort_pool, limit_batches, pad_multiple, batch_seed: see
             :class:`SpeechData`.
         progress: progress bar while features are computed.
     """
@@ -217,7 +217,8 @@ class LibriSpeechData(SpeechData):
                  split_md5: dict[str, str] | None = None, dev_fraction: float = 0.1,
                  dev_seed: int = 1337, shard_size: int = 500, workers: int = 4,
                  batch_size: int = 24, eval_batch_size: int = 24, max_frames: int | None = 1300,
-                 sort_pool: int = 50, limit_batches: int | None = None, batch_seed: int = 0,
+                 sort_pool: int = 50, limit_batches: int | None = None, pad_multiple: int | None = None,
+                 batch_seed: int = 0,
                  progress: bool = True):
         cache = Path(cache_dir).expanduser()
         md5s = {s: f.md5 for s, f in SPLIT_FILES.items()} | dict(split_md5 or {})
@@ -260,7 +261,8 @@ class LibriSpeechData(SpeechData):
             splits["train"] = train.select(np.sort(perm[n_dev:]))
         super().__init__(splits, num_classes=NUM_CLASSES, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, max_frames=max_frames, seed=batch_seed,
-                         sort_pool=sort_pool, limit_batches=limit_batches)
+                         sort_pool=sort_pool, limit_batches=limit_batches,
+                         pad_multiple=pad_multiple)
 
     @staticmethod
     def _audio_dir(root, audio_dir, cache: Path, download: bool) -> Path:

@@ -118,7 +118,7 @@ class SyntheticSpeechData(SpeechData):
         rate: (min, max) words per minute; pitch, pitch_range: (min, max) in 0-100.
         min_words: sentences with fewer words are not used.
         download: allow downloading PTB when ``root`` is None.
-        batch_size, eval_batch_size, max_frames, sort_pool, limit_batches, batch_seed: see
+        batch_size, eval_batch_size, max_frames, sort_pool, limit_batches, pad_multiple, batch_seed: see
             :class:`SpeechData` (``batch_seed`` seeds the bucketing shuffle).
         progress: progress bar while generating.
     """
@@ -131,7 +131,8 @@ class SyntheticSpeechData(SpeechData):
                  rate: tuple[int, int] = (130, 210), pitch: tuple[int, int] = (30, 70),
                  pitch_range: tuple[int, int] = (30, 70), min_words: int = 3, download: bool = True,
                  batch_size: int = 24, eval_batch_size: int = 24, max_frames: int | None = 1300,
-                 sort_pool: int = 50, limit_batches: int | None = None, batch_seed: int = 0,
+                 sort_pool: int = 50, limit_batches: int | None = None, pad_multiple: int | None = None,
+                 batch_seed: int = 0,
                  progress: bool = True):
         utterances = dict(utterances or {"train": 2000, "dev": 200, "test": 200})
         unknown = set(utterances) - set(TEXT_SPLITS)
@@ -189,4 +190,5 @@ class SyntheticSpeechData(SpeechData):
         super().__init__(load_splits(self.directory, self.manifest),
                          num_classes=len(espeak.PHONEME_CLASSES), batch_size=batch_size,
                          eval_batch_size=eval_batch_size, max_frames=max_frames, seed=batch_seed,
-                         sort_pool=sort_pool, limit_batches=limit_batches)
+                         sort_pool=sort_pool, limit_batches=limit_batches,
+                         pad_multiple=pad_multiple)
