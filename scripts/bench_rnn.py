@@ -84,10 +84,10 @@ def shape_of(name: str) -> Shape:
     return Shape(name, c["data"]["bptt"], c["data"]["batch_size"], H, H, c["model"]["num_layers"])
 
 
-# (label, norm, backend): cuDNN nn.LSTM is the reference every ratio is taken against, our own
-# loop without normalization the control, then every variant on the backend training picks
-# (label, norm, backend); norm None is torch's nn.LSTM, eager or (backend "graph", CUDA only)
-# captured once as a CUDA graph and replayed, as our fused loops replay theirs
+# (label, norm, backend): cuDNN nn.LSTM is the reference every ratio is taken against, eager and
+# (backend "graph", CUDA only) captured once as a CUDA graph and replayed, as our fused loops
+# replay theirs; our own loop without normalization the control; then every variant on the
+# backend training picks
 CANDIDATES = [("nn.LSTM", None, None), ("nn.LSTM, CUDA graph", None, "graph"),
               ("none, our loop (control)", "none", "fused"),
               *((norm, norm, "auto") for norm in VARIANTS if norm != "none")]
@@ -257,7 +257,63 @@ def bench_ptb(sizes, device, warmup, reps) -> list[dict]:
     return rows
 
 
-def markdown(rnn_rows, ptb_rows, meta) -> str:
+def speech_batches(n: int, B: int, lo: int, hi: int, pad_multiple: int | None,
+                   num_classes: int, seed: int = 0) -> list[tuple]:
+    """``n`` training batches of the speech experiment's kind: B utterances of similar length
+    (bucketing: within 5 % of a centre drawn uniformly from [lo, hi]), random features and
+    labels, T padded as ``SpeechData`` pads it (to a multiple of ``pad_multiple`` if given)."""
+    from bnrnn.data.speech.batching import IGNORE
+
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        centre = int(torch.randint(lo, hi + 1, (), generator=g))
+        lengths = (centre * (1 - 0.05 * torch.rand(B, generator=g))).long().clamp(min=1)
+        T = int(lengths.max())
+        if pad_multiple:
+            T = -(-T // pad_multiple) * pad_multiple
+        labels = torch.randint(0, num_classes, (T, B), generator=g)
+        labels[torch.arange(T)[:, None] >= lengths[None, :]] = IGNORE
+        batches.append((torch.randn(T, B, FEATURE_DIM, generator=g), lengths, labels))
+    return batches
+
+
+def bench_speech(device, warmup: int, reps: int, n_batches: int, model_overrides: dict | None = None,
+                 lengths: tuple[int, int] = (200, 1300)) -> list[dict]:
+    """Utterances per second of the speech experiment's full training step (features -> 5 x
+    BiLSTM -> loss -> backward -> SGD), baseline and sequence-wise BN, over ``n_batches``
+    bucketed batches of varied length: padded to the longest utterance, and to the data
+    config's ``pad_multiple`` (a fixed set of lengths, so the fused loop's CUDA graphs replay)."""
+    c = experiment("speech_librispeech")
+    pad = c["data"]["pad_multiple"]
+    timer, rows = Timer(device), []
+    for norm in ("none", "bn_input"):
+        model = instantiate({**c["model"], **(model_overrides or {})}, feature_dim=FEATURE_DIM,
+                            num_classes=41, norm=norm).to(device)
+        opt = instantiate(c["optim"], params=model.parameters())
+        for pad_multiple in (None, pad):
+            batches = [tuple(t.to(device) for t in b) for b in
+                       speech_batches(n_batches, c["data"]["batch_size"], *lengths, pad_multiple, 41)]
+
+            def epoch():
+                for batch in batches:
+                    opt.zero_grad(set_to_none=True)
+                    model(batch).objective.backward()
+                    opt.step()
+
+            ms, peak = timer(epoch, warmup, reps)
+            utterances = n_batches * c["data"]["batch_size"]
+            rows.append(dict(norm=norm, backend=model.rnn.resolve_backend(batches[0][0]),
+                             pad_multiple=pad_multiple, shapes=len({b[0].shape[0] for b in batches}),
+                             ms_per_batch=ms / n_batches, utterances_per_s=utterances / (ms / 1e3),
+                             peak_mib=peak))
+            print(f"speech {norm:9s} pad {pad_multiple or '-':>4} {rows[-1]['utterances_per_s']:9.1f} utt/s "
+                  f"({rows[-1]['shapes']} batch lengths)", flush=True)
+        del model, opt
+    return rows
+
+
+def markdown(rnn_rows, ptb_rows, meta, speech_rows=()) -> str:
     lines = ["# Recurrent layer speed: every NormLSTM variant against cuDNN `nn.LSTM`", "",
              f"- Hardware: {meta['hardware']}", f"- Date: {meta['date']}",
              f"- Git revision: `{meta['git_revision']}`", f"- Command: `{meta['command']}`",
@@ -337,6 +393,19 @@ def markdown(rnn_rows, ptb_rows, meta) -> str:
             + ", ".join(f"{size} {norm}" for size, norm in missing))
         lines += ["", f"Estimated wall time of the {len(ptb_rows)} runs measured here, one after another: "
                       f"**{total:.2f} h**; target for the full {len(expected)}-run table: under 2 h on one H100 ({verdict}).", ""]
+    if speech_rows:
+        lines += ["## Speech training throughput (experiment=speech_librispeech, fp32/TF32)", "",
+                  "One pass over the same bucketed batches of varied length (utterances of 200-1300 "
+                  "frames), full training step; padded to each batch's longest utterance, or to a "
+                  "multiple of `data.pad_multiple` (a fixed set of lengths: the fused loop replays a "
+                  "CUDA graph per length it has seen twice).", "",
+                  "| variant | backend | padding | batch lengths | ms per batch | utterances/s | peak MiB |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for r in speech_rows:
+            padding = f"multiple of {r['pad_multiple']}" if r["pad_multiple"] else "longest utterance"
+            lines.append(f"| {r['norm']} | {r['backend']} | {padding} | {r['shapes']} | "
+                         f"{r['ms_per_batch']:.2f} | {r['utterances_per_s']:.1f} | {_mib(r['peak_mib'])} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -354,13 +423,16 @@ def main(argv=None) -> None:
                     help="full WordLM steps for these sizes (default: the PTB shapes benchmarked)")
     ap.add_argument("--warmup", type=int, default=None, help="default 10 on GPU, 1 on CPU")
     ap.add_argument("--reps", type=int, default=None, help="default 50 on GPU, 5 on CPU")
+    ap.add_argument("--speech-batches", type=int, default=None,
+                    help="batches per timed pass of the speech training step (default 20 on GPU, 0 "
+                         "= skip, on CPU)")
     ap.add_argument("--from-json", default=None,
                     help="re-render the markdown of an earlier run's JSON (no measurement)")
     args = ap.parse_args(argv)
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
         data["meta"]["rendered"] = args.from_json
-        write_text(Path(args.out), markdown(data["rnn"], data["ptb"], data["meta"]))
+        write_text(Path(args.out), markdown(data["rnn"], data["ptb"], data["meta"], data.get("speech", [])))
         print(f"wrote {args.out}")
         return
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -378,6 +450,8 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     rnn_rows = bench_rnn(shapes, precisions, device, warmup, reps)
     ptb_rows = bench_ptb(sizes, device, warmup, reps)
+    n_speech = args.speech_batches if args.speech_batches is not None else 20 if gpu else 0
+    speech_rows = bench_speech(device, 2, max(1, reps // 10), n_speech) if n_speech else []
     revision = git_revision()
     if revision == "unknown":  # a copy of the tree without .git (e.g. a lent GPU machine)
         revision = os.environ.get("BNRNN_GIT_REVISION", "unknown")
@@ -385,8 +459,8 @@ def main(argv=None) -> None:
                 date=datetime.date.today().isoformat(), warmup=warmup, reps=reps,
                 command="python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]))
     out = Path(args.out)
-    write_text(out, markdown(rnn_rows, ptb_rows, meta))
-    write_json(out.with_suffix(".json"), dict(meta=meta, rnn=rnn_rows, ptb=ptb_rows))
+    write_text(out, markdown(rnn_rows, ptb_rows, meta, speech_rows))
+    write_json(out.with_suffix(".json"), dict(meta=meta, rnn=rnn_rows, ptb=ptb_rows, speech=speech_rows))
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

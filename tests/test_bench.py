@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bnrnn.nn import VARIANTS
 from tests.helpers import make_cfg
@@ -83,3 +84,22 @@ def test_graphed_cudnn_ratio_and_a_failed_capture_are_rendered():
     md = bench_rnn.markdown(rows, [], meta)
     assert "| ln | fused | 3.000 | 1.50 | 3.00 | 1 |" in md
     assert "| bn_input | fused | capture failed: capture refused |" in md
+
+
+def test_speech_throughput_pads_to_a_fixed_set_of_lengths():
+    """The speech rows at a tiny size: utterances/s for both variants, with and without the
+    data config's pad_multiple, and the padded batches take fewer distinct lengths."""
+    rows = bench_rnn.bench_speech(torch.device("cpu"), 0, 1, 6, {"hidden_size": 4, "num_layers": 1},
+                                  lengths=(20, 300))
+    assert [(r["norm"], r["pad_multiple"]) for r in rows] == [
+        ("none", None), ("none", 100), ("bn_input", None), ("bn_input", 100)]
+    assert all(r["utterances_per_s"] > 0 for r in rows)
+    assert rows[1]["shapes"] <= 3 < rows[0]["shapes"]
+    for pad in (None, 100):
+        batch = bench_rnn.speech_batches(3, 4, 20, 300, pad, 41)
+        for x, lengths, labels in batch:
+            assert (labels != -100).sum(0).tolist() == lengths.tolist()
+            assert pad is None and x.shape[0] == int(lengths.max()) or x.shape[0] % 100 == 0
+    md = bench_rnn.markdown([], [], dict(hardware="x", device="cpu", git_revision="r", date="d",
+                                         warmup=0, reps=1, command="c"), rows)
+    assert "| bn_input | reference | multiple of 100 |" in md
