@@ -313,7 +313,68 @@ def bench_speech(device, warmup: int, reps: int, n_batches: int, model_overrides
     return rows
 
 
-def markdown(rnn_rows, ptb_rows, meta, speech_rows=()) -> str:
+POPULATION_SIZES = (1, 4, 16, 52)  # 52: the appendix grid's trials per norm
+
+
+def population_shapes() -> list[Shape]:
+    """The appendix grid's recurrent stack (experiment=grid_char_rnn: 3 x tanh 250, T = 100) at
+    its three batch sizes, and the PTB small and medium LSTM stacks."""
+    c = experiment("grid_char_rnn")
+    T, H, L = c["data"]["seq_len"], c["model"]["hidden_size"], c["model"]["num_layers"]
+    grid = [Shape(f"grid B={B}", T, B, c["model"]["embedding_size"], H, L) for B in (32, 64, 128)]
+    return grid + [shape_of("ptb_small"), shape_of("ptb_medium")]
+
+
+def bench_population(shapes, sizes, device, warmup, reps) -> list[dict]:
+    """Training-step throughput (forward + backward) of one population of M members against M
+    ordinary layers stepped one after another, per shape, norm (baseline and the grid's /
+    Table 2's BN) and M: tokens/s and the speedup. The grid rows are NormRNN (tanh), the PTB
+    rows NormLSTM; both on the backend training picks (the fused loop on GPU)."""
+    from bnrnn.nn import NormRNN
+
+    timer, rows = Timer(device), []
+    for shape in shapes:
+        lstm = shape.name.startswith("ptb")
+        cls, norms = (NormLSTM, ("none", "bn_recurrent")) if lstm else (NormRNN, ("none", "bn_sum"))
+        for norm in norms:
+            def build(population):
+                return cls(shape.I, shape.H, num_layers=shape.L, norm=norm, max_steps=shape.T,
+                           population=population).to(device).train()
+            one = build(None)
+            x1 = torch.randn(shape.T, shape.B, shape.I, device=device)
+            single_ms, _ = timer(rnn_step(one, x1, device, "fp32"), warmup, reps)
+            for M in sizes:
+                pop = build(M)
+                xm = torch.randn(shape.T, M, shape.B, shape.I, device=device)
+                ms, peak = timer(rnn_step(pop, xm, device, "fp32"), warmup, reps)
+                tokens = M * shape.T * shape.B
+                rows.append(dict(shape=shape.name, norm=norm, M=M, backend=pop.resolve_backend(xm),
+                                 population_ms=ms, separate_ms=M * single_ms,
+                                 tokens_per_s=tokens / (ms / 1e3),
+                                 separate_tokens_per_s=tokens / (M * single_ms / 1e3),
+                                 speedup=M * single_ms / ms, peak_mib=peak))
+                print(f"population {shape.name:12s} {norm:12s} M={M:3d} {ms:9.3f} ms  "
+                      f"x{rows[-1]['speedup']:6.2f} vs {M} separate", flush=True)
+                del pop
+            del one
+    return rows
+
+
+def population_markdown(rows) -> list[str]:
+    lines = ["## Populations: M models in one layer against M separate runs", "",
+             "Training step (forward + backward) of one `population=M` layer against M ordinary "
+             "layers of the same shape stepped one after another (M x the single layer's median "
+             "step, measured in the same run); fp32/TF32; tokens = M x T x B.", "",
+             "| shape | variant | backend | M | population ms | separate ms | tokens/s (population) "
+             "| tokens/s (separate) | speedup |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['norm']} | {r['backend']} | {r['M']} | {r['population_ms']:.3f} | "
+                     f"{r['separate_ms']:.3f} | {r['tokens_per_s']:.0f} | {r['separate_tokens_per_s']:.0f} | "
+                     f"{r['speedup']:.2f} |")
+    return [*lines, ""]
+
+
+def markdown(rnn_rows, ptb_rows, meta, speech_rows=(), population_rows=()) -> str:
     lines = ["# Recurrent layer speed: every NormLSTM variant against cuDNN `nn.LSTM`", "",
              f"- Hardware: {meta['hardware']}", f"- Date: {meta['date']}",
              f"- Git revision: `{meta['git_revision']}`", f"- Command: `{meta['command']}`",
@@ -393,6 +454,8 @@ def markdown(rnn_rows, ptb_rows, meta, speech_rows=()) -> str:
             + ", ".join(f"{size} {norm}" for size, norm in missing))
         lines += ["", f"Estimated wall time of the {len(ptb_rows)} runs measured here, one after another: "
                       f"**{total:.2f} h**; target for the full {len(expected)}-run table: under 2 h on one H100 ({verdict}).", ""]
+    if population_rows:
+        lines += population_markdown(population_rows)
     if speech_rows:
         lines += ["## Speech training throughput (experiment=speech_librispeech, fp32/TF32)", "",
                   "One pass over the same bucketed batches of varied length (utterances of 200-1300 "
@@ -426,13 +489,16 @@ def main(argv=None) -> None:
     ap.add_argument("--speech-batches", type=int, default=None,
                     help="batches per timed pass of the speech training step (default 20 on GPU, 0 "
                          "= skip, on CPU)")
+    ap.add_argument("--population-sizes", default=None,
+                    help="population sizes M to time (default 1,4,16,52 on GPU, none on CPU; '' = skip)")
     ap.add_argument("--from-json", default=None,
                     help="re-render the markdown of an earlier run's JSON (no measurement)")
     args = ap.parse_args(argv)
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
         data["meta"]["rendered"] = args.from_json
-        write_text(Path(args.out), markdown(data["rnn"], data["ptb"], data["meta"], data.get("speech", [])))
+        write_text(Path(args.out), markdown(data["rnn"], data["ptb"], data["meta"], data.get("speech", []),
+                                            data.get("population", [])))
         print(f"wrote {args.out}")
         return
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -452,6 +518,10 @@ def main(argv=None) -> None:
     ptb_rows = bench_ptb(sizes, device, warmup, reps)
     n_speech = args.speech_batches if args.speech_batches is not None else 20 if gpu else 0
     speech_rows = bench_speech(device, 2, max(1, reps // 10), n_speech) if n_speech else []
+    members = args.population_sizes if args.population_sizes is not None else \
+        ",".join(map(str, POPULATION_SIZES)) if gpu else ""
+    members = [int(m) for m in members.split(",") if m]
+    population_rows = bench_population(population_shapes(), members, device, warmup, reps) if members else []
     revision = git_revision()
     if revision == "unknown":  # a copy of the tree without .git (e.g. a lent GPU machine)
         revision = os.environ.get("BNRNN_GIT_REVISION", "unknown")
@@ -459,8 +529,9 @@ def main(argv=None) -> None:
                 date=datetime.date.today().isoformat(), warmup=warmup, reps=reps,
                 command="python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]))
     out = Path(args.out)
-    write_text(out, markdown(rnn_rows, ptb_rows, meta, speech_rows))
-    write_json(out.with_suffix(".json"), dict(meta=meta, rnn=rnn_rows, ptb=ptb_rows, speech=speech_rows))
+    write_text(out, markdown(rnn_rows, ptb_rows, meta, speech_rows, population_rows))
+    write_json(out.with_suffix(".json"), dict(meta=meta, rnn=rnn_rows, ptb=ptb_rows, speech=speech_rows,
+                                              population=population_rows))
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

@@ -103,3 +103,21 @@ def test_speech_throughput_pads_to_a_fixed_set_of_lengths():
     md = bench_rnn.markdown([], [], dict(hardware="x", device="cpu", git_revision="r", date="d",
                                          warmup=0, reps=1, command="c"), rows)
     assert "| bn_input | reference | multiple of 100 |" in md
+
+
+def test_population_rows_compare_one_population_with_separate_runs():
+    tiny = bench_rnn.Shape("grid tiny", 4, 3, 5, 6, 2)
+    rows = bench_rnn.bench_population([tiny, bench_rnn.Shape("ptb tiny", 4, 3, 6, 6, 1)], (1, 3),
+                                      torch.device("cpu"), 0, 1)
+    assert [(r["shape"], r["norm"], r["M"]) for r in rows] == [
+        ("grid tiny", n, M) for n in ("none", "bn_sum") for M in (1, 3)] + [
+        ("ptb tiny", n, M) for n in ("none", "bn_recurrent") for M in (1, 3)]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["separate_ms"] / r["population_ms"])
+        assert r["tokens_per_s"] == pytest.approx(r["M"] * 4 * 3 / (r["population_ms"] / 1e3))
+    assert all(r["backend"] == "reference" for r in rows)  # CPU
+    md = "\n".join(bench_rnn.population_markdown(rows))
+    assert "| grid tiny | bn_sum | reference | 3 |" in md
+    c, grid = make_cfg(["experiment=grid_char_rnn"]), bench_rnn.population_shapes()[:3]
+    assert {(s.T, s.H, s.L) for s in grid} == {(c.data.seq_len, c.model.hidden_size, c.model.num_layers)}
+    assert [s.B for s in grid] == [32, 64, 128]  # the appendix's batch sizes (its search space)
