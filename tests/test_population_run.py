@@ -134,3 +134,24 @@ def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, over
 def test_an_ordinary_run_records_no_population_block(char, tmp_path):
     train(char + ["trainer.max_epochs=1"], tmp_path)
     assert "population" not in yaml.safe_load((tmp_path / ".hydra/config.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_a_word_lm_population_with_per_member_schedules_reproduces_the_single_runs(ptb_root, tmp_path):
+    """The word LM: one data order for every member (shared batches), the state carried across
+    windows, each member its own learning rate and decay. WordLM's loss is float32 (its
+    log-softmax), so members agree with their single runs to float32 rounding."""
+    base = ["experiment=ptb_small", f"data.root={ptb_root}", "model.hidden_size=16",
+            "data.limit_batches=4", "data.bptt=5", "data.batch_size=4", "quiet=true", "device=cpu",
+            "trainer.max_epochs=3", "schedule=decay_after", "schedule.after_epoch=1"]
+    lrs, decays = [1.0, 0.5], [0.5, 0.9]
+    run(make_cfg(base + ["population.seeds=[1,2]", f"population.optim.lr={lrs}",
+                         f"population.schedule.decay={decays}"]), tmp_path / "pop")
+    for k, seed in enumerate([1, 2]):
+        _, single, rows = train(base + [f"seed={seed}", f"optim.lr={lrs[k]}",
+                                        f"schedule.decay={decays[k]}"], tmp_path / f"single{k}")
+        member_rows = strip_times(read_jsonl(member_dir(tmp_path / "pop", k) / "metrics.jsonl"))
+        assert [r["lr"] for r in member_rows] == [r["lr"] for r in rows]
+        for a, b in zip(strip_times(rows), member_rows):
+            for key in a:
+                assert b[key] == pytest.approx(a[key], rel=2e-6), (k, key)
