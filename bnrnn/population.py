@@ -4,9 +4,10 @@ Every parameter of a population model has a leading member axis M (docs/populati
 This module holds what makes member m's training exactly its own:
 
 - :class:`PopulationSGD`: SGD with a learning rate, momentum, dampening, weight decay and
-  Nesterov flag per member. Member m's update is ``torch.optim.SGD``'s (``_single_tensor_sgd``)
-  applied to the views ``p[m]``, ``p.grad[m]``, so it is bit for bit that of an ordinary SGD on
-  member m's parameters alone::
+  Nesterov flag per member. Member m's update is ``torch.optim.SGD``'s applied to the views
+  ``p[m]``, ``p.grad[m]`` (its foreach form, over the views of every member with the same
+  hyper-parameters), so it is bit for bit that of an ordinary SGD on member m's parameters
+  alone (tested on the CPU)::
 
       g = ∇θ_m + wd_m θ_m;  b_m ← μ_m b_m + (1 - dampening_m) g  (b_m = g at its first step)
       θ_m ← θ_m - lr_m (g + μ_m b_m if nesterov_m else b_m)
@@ -22,8 +23,8 @@ This module holds what makes member m's training exactly its own:
   in every computation (docs/population.md), so freezing one leaves the others' arithmetic as it
   was.
 
-Cost: an update or clip is a few small kernels per member and parameter (M x P launches); it
-is the price of reproducing torch's arithmetic member by member.
+Cost: an update is a few foreach launches per group of members with equal hyper-parameters;
+a clip is one norm launch per member (each member's own reduction, as torch computes it alone).
 """
 from __future__ import annotations
 
@@ -104,32 +105,49 @@ class PopulationSGD(torch.optim.Optimizer):
             raise ValueError("PopulationSGD.step: closures are not supported")
         live = self.live()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                for m in live:
-                    self._member_step(p, state, m, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            alike: dict[tuple, list[int]] = {}  # members sharing every hyper-parameter
+            for m in live:
+                key = tuple(group[k][m] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
+                alike.setdefault(key, []).append(m)
+            for (lr, momentum, dampening, wd, nesterov), members in alike.items():
+                self._update(params, members, lr, momentum, dampening, wd, nesterov)
 
-    def _member_step(self, p: Tensor, state: dict, m: int, group: dict) -> None:
-        """torch.optim.SGD's single-tensor update of member m's view of p."""
-        lr, momentum = group["lr"][m], group["momentum"][m]
-        dampening, wd = group["dampening"][m], group["weight_decay"][m]
-        param, grad = p[m], p.grad[m]
+    def _update(self, params: list[Tensor], members: list[int], lr: float, momentum: float,
+                dampening: float, wd: float, nesterov: bool) -> None:
+        """torch.optim.SGD's foreach update (``_multi_tensor_sgd``) of the views ``p[m]`` of
+        ``members``, who share these hyper-parameters. On the CPU each foreach op is the
+        single-tensor op per view (``_single_tensor_sgd``, SGD's CPU default); on CUDA it is the
+        fused multi-tensor kernel SGD uses there by default."""
+        views = [(p, m) for p in params for m in members]
+        weights = [p[m] for p, m in views]
+        grads = [p.grad[m] for p, m in views]
         if wd != 0:
-            grad = grad.add(param, alpha=wd)
+            grads = torch._foreach_add(grads, weights, alpha=wd)
         if momentum != 0:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-                state["started"] = [False] * self.population  # a host list: no device sync
-            buf = state["momentum_buffer"][m]
-            if not state["started"][m]:
-                buf.copy_(grad)  # torch: buf = grad.clone() at the first step
-                state["started"][m] = True
+            bufs, going, going_grads = [], [], []
+            for (p, m), grad in zip(views, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                    state["started"] = [False] * self.population  # a host list: no device sync
+                buf = state["momentum_buffer"][m]
+                if state["started"][m]:
+                    going.append(buf)
+                    going_grads.append(grad)
+                else:
+                    buf.copy_(grad)  # torch: buf = grad.clone() at the first step
+                bufs.append(buf)
+            if going:
+                torch._foreach_mul_(going, momentum)
+                torch._foreach_add_(going, going_grads, alpha=1 - dampening)
+            for p, m in views:
+                self.state[p]["started"][m] = True
+            if nesterov:
+                grads = torch._foreach_add(grads, bufs, alpha=momentum)
             else:
-                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-            grad = grad.add(buf, alpha=momentum) if group["nesterov"][m] else buf
-        param.add_(grad, alpha=-lr)
+                grads = bufs
+        torch._foreach_add_(weights, grads, alpha=-lr)
 
     def state_dict(self) -> dict:
         return super().state_dict() | {"frozen": sorted(self.frozen)}
