@@ -329,7 +329,7 @@ def _members(item: Rule) -> Rule:
 
 POPULATION = Group({
     "seeds": _members(SEED),
-    "member_dir": string(),
+    "member_dir": string() | list_of(string(), min_len=1),  # a pattern, or one name per member
     "optim": Group({"lr": _members(number(0, lo_open=True)), "momentum": _members(number(0)),
                     "dampening": _members(number(0)), "weight_decay": _members(number(0)),
                     "nesterov": _members(BOOL)}),

@@ -96,6 +96,7 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
     keep = [o for o in overrides if not _override_key(o).startswith("population.")
             and _override_key(o) not in lists]
     fmt = cfg.population.member_dir
+    fmt = fmt if isinstance(fmt, str) else list(fmt)
     base = without_population(cfg)
     members = []
     for k in range(M):
@@ -104,10 +105,7 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
         with open_dict(member):
             for key, value in values.items():
                 OmegaConf.update(member, key, value, merge=False)
-        try:
-            name = fmt.format(k=k, seed=values["seed"])
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError("population.member_dir", f"may use {{k}} and {{seed}} only ({e})", fmt) from None
+        name = _member_name(fmt, k, values["seed"], M)
         members.append(MemberPlan(k, values["seed"], member, validate(member),
                                   keep + [f"{key}={_show(v)}" for key, v in values.items()], name))
     names = [p.dir for p in members]
@@ -116,6 +114,18 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
                           f"(got {names}); use {{k}}", fmt)
     _check_supported(members[0].resolved)
     return members
+
+
+def _member_name(fmt: str | list[str], k: int, seed: int, M: int) -> str:
+    """Member k's directory name: ``fmt`` with {k} and {seed} filled in, or the k-th of a list."""
+    if not isinstance(fmt, str):
+        if len(fmt) != M:
+            raise ConfigError("population.member_dir", f"lists {len(fmt)} names for {M} members", fmt)
+        return str(fmt[k])
+    try:
+        return fmt.format(k=k, seed=seed)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError("population.member_dir", f"may use {{k}} and {{seed}} only ({e})", fmt) from None
 
 
 def _population_key(member_key: str) -> str:
