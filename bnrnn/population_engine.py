@@ -63,15 +63,18 @@ class _MemberModel:
         return (p[self._m] for p in self._population.parameters())
 
 
-class _MemberView:
-    """A member seen as a single run's Trainer, so that its ``final.json`` is written by
-    ``Trainer._final`` itself (the same fields, the same rules)."""
-
-    def __init__(self, trainer: "PopulationTrainer", m: int):
-        member = trainer.members[m]
-        self.cfg, self.step, self.elapsed = trainer.cfg, trainer.step, trainer.elapsed
-        self.history, self.best, self.info = member.history, member.best, member.info
-        self.run_dir, self.model = member.run_dir, _MemberModel(trainer.model, m)
+def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
+    """Member m seen as a single run's :class:`Trainer` (its record, a view of its parameters),
+    so that its ``final.json`` is written by ``Trainer._final`` itself: the same fields, the same
+    rules, whatever they become."""
+    member = trainer.members[m]
+    view = Trainer.__new__(Trainer)
+    view.__dict__.update(
+        cfg=trainer.cfg, step=trainer.step, elapsed=trainer.elapsed, device=trainer.device,
+        history=member.history, best=member.best, info=member.info, run_dir=member.run_dir,
+        ckpt_dir=member.ckpt_dir, model=_MemberModel(trainer.model, m), data=trainer.data,
+        optimizer=None, scheduler=None, logger=None)
+    return view
 
 
 class PopulationTrainer:
@@ -363,7 +366,7 @@ class PopulationTrainer:
 
     def _final(self, m: int, test: dict | None) -> dict:
         r = self.members[m]
-        return Trainer._final(_MemberView(self, m), r.status, r.error, test)
+        return _member_trainer(self, m)._final(r.status, r.error, test)
 
 
 def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[list[float], list[int]]:
