@@ -41,7 +41,10 @@ log = logging.getLogger("bnrnn")
 PER_MEMBER = {"optim": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
               "schedule": ("decay", "after_epoch", "every"),
               "trainer": ("clip_grad_norm",)}
-MODELS = ("bnrnn.models.lm.WordLM", "bnrnn.models.char.CharRNN", "bnrnn.models.char.CharLSTM")
+MODELS = ("bnrnn.models.lm.WordLM", "bnrnn.models.char.CharRNN", "bnrnn.models.char.CharLSTM",
+          "bnrnn.models.speech.FramewiseClassifier")
+# batches of these data modules are (T, B) id tensors: members' own batches stack to (T, M, B)
+TOKEN_DATA = ("bnrnn.data.ptb.PTBWordData", "bnrnn.data.ptb_char.PTBCharData")
 SGD_KEYS = ("_target_", "lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
@@ -285,6 +288,11 @@ def _build(members: list[MemberPlan], deterministic: bool):
             if torch.equal(before, torch.random.get_rng_state()):
                 built[key] = data
         validate_data(p.cfg, data)
+        if datas and data is not datas[0] and p.resolved["data"]["_target_"] not in TOKEN_DATA:
+            # padded (features, lengths, labels) batches of different lengths cannot be stacked
+            raise ConfigError("data", "this data's members must read one data object (equal data "
+                              "configurations, built without drawing from the RNG); its batches "
+                              "of different members cannot be stacked", p.resolved["data"]["_target_"])
         datas.append(data)
         models.append(instantiate(p.cfg.model, **data.dims))
     return datas, models

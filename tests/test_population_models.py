@@ -103,3 +103,36 @@ def test_stacking_refuses_mixed_models():
         PopulationLM.stack([WordLM(V, hidden_size=6), CharRNN(V, 6, 6)])
     with pytest.raises(ValueError, match=r"\(T, B\) or \(T, M=2, B\)"):
         PopulationLM.stack([WordLM(V, hidden_size=6)] * 2)((torch.zeros(T, 3, B, dtype=torch.long),) * 2)
+
+
+@pytest.mark.parametrize("norm", ["none", "bn_input"])
+def test_a_speech_population_member_equals_the_classifier_alone(norm):
+    """The framewise classifier on one padded batch for every member: loss, frame count, errors,
+    gradients and sequence-wise BN statistics per member."""
+    from bnrnn.models.speech import IGNORE, FramewiseClassifier
+
+    F_, C = 3, 5
+    models = []
+    for s in SEEDS:
+        torch.manual_seed(s)
+        models.append(FramewiseClassifier(F_, C, hidden_size=4, num_layers=2, norm=norm,
+                                          feature_mean=[0.1, -0.2, 0.3], feature_std=[1.0, 2.0, 0.5]).to(f64))
+    pop = PopulationLM.stack(models)
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([T, 3, 4, 2])
+    features = torch.randn(T, B, F_, generator=g, dtype=f64)
+    labels = torch.randint(C, (T, B), generator=g)
+    labels[torch.arange(T)[:, None] >= lengths[None, :]] = IGNORE
+    out = pop((features, lengths, labels))
+    out.objective.backward()
+    grads = dict(pop.named_parameters())
+    for m, model in enumerate(models):
+        alone = model((features, lengths, labels))
+        alone.objective.backward()
+        torch.testing.assert_close(out.loss_sum[m], alone.loss_sum, rtol=1e-6, atol=0)  # float32 loss
+        assert out.count[m] == alone.count and out.sums["errors"][m] == alone.sums["errors"]
+        for k, p in model.named_parameters():
+            torch.testing.assert_close(grads[k].grad[m], p.grad, rtol=1e-5, atol=1e-7)
+        for k, b in model.state_dict().items():
+            torch.testing.assert_close(pop.state_dict()[k][m], b, rtol=1e-10, atol=1e-12)
+        assert type(pop.member(m)) is FramewiseClassifier

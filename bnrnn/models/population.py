@@ -1,4 +1,5 @@
-"""Population models: M language models of one configuration as one module.
+"""Population models: M language models (or framewise speech classifiers) of one configuration
+as one module.
 
 ``PopulationLM.stack(models)`` puts M ordinary models side by side (the word LM
 :class:`~bnrnn.models.lm.WordLM`, the character models :class:`~bnrnn.models.char.CharRNN` and
@@ -9,7 +10,8 @@ Its ``state_dict`` has the ordinary model's keys, each value with a leading memb
 seeds, member m's initial parameters are those of a single run with seed m.
 
 Batches are (input, target) of (T, M, B) ids — member m's own batch in ``[:, m]`` — or (T, B),
-one batch for every member. The loss and every additive statistic come out per member, shaped
+one batch for every member; the speech classifier takes one (features, lengths, labels) batch
+for every member (its data order is the data's ``batch_seed``, not the run's seed). The loss and every additive statistic come out per member, shaped
 (M,); the objective is the sum of the members' own objectives (member m's parameters receive
 exactly the gradient of its own objective: members share no computation).
 """
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from bnrnn.contracts import StepOutput
 from bnrnn.models.char import CharLM
 from bnrnn.models.lm import AUTHORS_EPS, WordLM
+from bnrnn.models.speech import IGNORE, FramewiseClassifier
 from bnrnn.nn.base import RecurrentStack, member_linear
 from bnrnn.nn.norms import per_member
 
@@ -78,6 +81,10 @@ def _populate(child: nn.Module, members: list[nn.Module]) -> nn.Module:
                      f"supported are embeddings, linear layers and NormLSTM/NormRNN stacks")
 
 
+KINDS_BY_NAME = {"word": WordLM, "char": CharLM, "speech": FramewiseClassifier}
+KINDS = tuple(KINDS_BY_NAME.values())
+
+
 class PopulationLM(nn.Module):
     """M word or character language models side by side (module doc). Build with :meth:`stack`."""
 
@@ -87,9 +94,9 @@ class PopulationLM(nn.Module):
         if not models:
             raise ValueError("PopulationLM.stack: no models given")
         first = models[0]
-        if not isinstance(first, (WordLM, CharLM)):
+        if not isinstance(first, KINDS):
             raise ValueError(f"PopulationLM.stack: {type(first).__name__} is not a WordLM, "
-                             f"CharRNN or CharLSTM")
+                             f"CharRNN, CharLSTM or FramewiseClassifier")
         for k, model in enumerate(models):
             if type(model) is not type(first):
                 raise ValueError(f"PopulationLM.stack: models[{k}] is a {type(model).__name__}, "
@@ -99,7 +106,7 @@ class PopulationLM(nn.Module):
                 raise ValueError(f"PopulationLM.stack: models[{k}] differs from models[0] in its "
                                  f"parameter shapes; a population has one configuration")
         self.population = len(models)
-        self.kind = "word" if isinstance(first, WordLM) else "char"
+        self.kind = next(kind for kind, cls in KINDS_BY_NAME.items() if isinstance(first, cls))
         self.selection = first.selection
         self.chance_loss = first.chance_loss
         self.metrics = first.metrics  # per member: the ordinary model's metrics of its totals
@@ -107,6 +114,9 @@ class PopulationLM(nn.Module):
         self.__dict__["_template"] = template  # not a submodule: outside state_dict/parameters
         for name, child in first.named_children():
             setattr(self, name, _populate(child, [getattr(m, name) for m in models]))
+        for name, buffer in first.named_buffers(recurse=False):  # e.g. input statistics
+            self.register_buffer(name, buffer.new_zeros(self.population, *buffer.shape),
+                                 persistent=name in first.state_dict())
         states = [m.state_dict() for m in models]
         self.load_state_dict({k: torch.stack([s[k] for s in states]) for k in states[0]})
         self.train(first.training)
@@ -125,6 +135,8 @@ class PopulationLM(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: tuple[Tensor, Tensor], state=None) -> StepOutput:
         """batch: (input, target), each (T, M, B) or (T, B) ids; loss_sum and sums (M,)."""
+        if self.kind == "speech":
+            return self._speech(*batch)
         x, y = (self._per_member(t) for t in batch)
         return self._word(x, y, state) if self.kind == "word" else self._char(x, y)
 
@@ -160,6 +172,25 @@ class PopulationLM(nn.Module):
         nll = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
         nll = nll.view(T, M, B).sum((0, 2))
         return StepOutput(objective=nll.sum() / (T * B), loss_sum=nll.detach(), count=T * B)
+
+    def _speech(self, features: Tensor, lengths: Tensor, labels: Tensor) -> StepOutput:
+        """FramewiseClassifier's step per member, on one batch for every member: features
+        (T, B, F), lengths (B,), labels (T, B); objective Σ_m CE_m / B, ``count`` and ``errors``
+        (M,) device tensors."""
+        T, B = labels.shape
+        M = self.population
+        mask = torch.arange(T, device=features.device)[:, None] < lengths.to(features.device)[None, :]
+        x = (features.unsqueeze(1) - self.feature_mean.unsqueeze(-2)) / self.feature_std.unsqueeze(-2)
+        x = x * mask.unsqueeze(1).unsqueeze(-1).to(x.dtype)  # (T, M, B, F); padding exact zeros
+        out, _ = self.rnn(x, lengths=lengths)
+        logits = self.output(out).float()  # (T, M, B, C)
+        y = labels.unsqueeze(1).expand(T, M, B)
+        ce = F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=IGNORE,
+                             reduction="none").view(T, M, B).sum((0, 2))
+        real = y != IGNORE
+        errors = ((logits.argmax(-1) != y) & real).sum((0, 2))
+        return StepOutput(objective=ce.sum() / B, loss_sum=ce.detach(), count=real.sum((0, 2)),
+                          sums={"errors": errors})
 
     def extra_repr(self) -> str:
         return f"population={self.population}, kind={self.kind}"
