@@ -163,14 +163,17 @@ def clip_grad_norm_per_member(params: Iterable[Tensor], max_norm, population: in
                               live: Sequence[int] | None = None) -> Tensor:
     """Clip each member's gradients to its own global 2-norm ``max_norm[m]`` (a number for all,
     a list of M, None entries: not clipped). Returns the members' norms before clipping, (M,)
-    float64 (NaN for a member not computed: frozen, or without gradients).
+    float64 on the gradients' device (NaN for a member not computed: frozen, or without
+    gradients).
 
     Member m's clip is ``torch.nn.utils.clip_grad_norm_`` of its gradients alone: the same
     functions on the views ``p.grad[m]``."""
     params = population_parameters(list(params), population, "clip_grad_norm_per_member")
     limits = per_member("clip_grad_norm", max_norm, population, allow_none=True)
-    norms = torch.full((population,), math.nan, dtype=torch.float64)
     grads = [p.grad for p in params if p.grad is not None]
+    # on the gradients' device: filling it reads nothing back (no sync per member)
+    norms = torch.full((population,), math.nan, dtype=torch.float64,
+                       device=grads[0].device if grads else None)
     if not grads:
         return norms
     for m in range(population) if live is None else live:
