@@ -72,14 +72,23 @@ JOBS ?= 1
 LAUNCHER ?= basic
 GRID_ARGS ?=
 GRID_RUNS ?= results/runs/grid
-GRID_SWEEP = multirun/grid_char_rnn/t$(TRIALS)_e$(EPOCHS)_l$(LIMIT)
+# GRID_MODE=population: the same points, one process per batch size (bnrnn.population_grid: each
+# group of trials trains as one population, docs/population.md); sweep: one process per trial
+GRID_MODE ?= population
+GRID_SWEEP = multirun/grid_char_rnn/t$(TRIALS)_e$(EPOCHS)_l$(LIMIT)$(if $(filter population,$(GRID_MODE)),_population)
 
 reproduce-grid: ## Table 3: TRIALS random-search points x {none, bn_sum} on char PTB, then the tables
 	for norm in none bn_sum; do \
-	  $(PYTHON) -m bnrnn.train -m experiment=grid_char_rnn +hparams_search=grid model.norm=$$norm \
-	    hydra.sweeper.n_trials=$(TRIALS) hydra.sweeper.n_jobs=$(JOBS) hydra/launcher=$(LAUNCHER) \
-	    hydra.sweep.dir=$(GRID_SWEEP)/$$norm trainer.max_epochs=$(EPOCHS) data.limit_batches=$(LIMIT) \
-	    $(call data_root,ptb_char) device=$(DEVICE) quiet=true $(GRID_ARGS) || exit 1; \
+	  if [ "$(GRID_MODE)" = population ]; then \
+	    $(PYTHON) -m bnrnn.population_grid --norm $$norm --trials $(TRIALS) --sweep-dir $(GRID_SWEEP)/$$norm -- \
+	      trainer.max_epochs=$(EPOCHS) data.limit_batches=$(LIMIT) \
+	      $(call data_root,ptb_char) device=$(DEVICE) quiet=true $(GRID_ARGS) || exit 1; \
+	  else \
+	    $(PYTHON) -m bnrnn.train -m experiment=grid_char_rnn +hparams_search=grid model.norm=$$norm \
+	      hydra.sweeper.n_trials=$(TRIALS) hydra.sweeper.n_jobs=$(JOBS) hydra/launcher=$(LAUNCHER) \
+	      hydra.sweep.dir=$(GRID_SWEEP)/$$norm trainer.max_epochs=$(EPOCHS) data.limit_batches=$(LIMIT) \
+	      $(call data_root,ptb_char) device=$(DEVICE) quiet=true $(GRID_ARGS) || exit 1; \
+	  fi; \
 	done
 	# trials land beside the committed ones; a different grid already in GRID_RUNS is refused
 	# (nothing is deleted): collect it elsewhere with GRID_RUNS=results/runs/<name>

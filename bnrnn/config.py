@@ -322,6 +322,23 @@ LOGGER = {
         "mode": one_of("online", "offline", "disabled", "shared", "dryrun", "run")}),  # wandb's own
 }
 
+# population training (bnrnn/population_run.py): one member per seed and per value of each
+# list; every list has one value per member
+def _members(item: Rule) -> Rule:
+    return optional(list_of(item, min_len=1))
+
+
+POPULATION = Group({
+    "seeds": _members(SEED),
+    "member_dir": string() | list_of(string(), min_len=1),  # a pattern, or one name per member
+    "optim": Group({"lr": _members(number(0, lo_open=True)), "momentum": _members(number(0)),
+                    "dampening": _members(number(0)), "weight_decay": _members(number(0)),
+                    "nesterov": _members(BOOL)}),
+    "schedule": Group({"decay": _members(number(0, lo_open=True)), "after_epoch": _members(NATURAL),
+                       "every": _members(POSITIVE)}),
+    "trainer": Group({"clip_grad_norm": _members(optional(number(0, lo_open=True)))}),
+}, required=("seeds", "member_dir", "optim", "schedule", "trainer"))
+
 GROUPS = {"data": DATA, "model": MODEL, "optim": OPTIM, "schedule": SCHEDULE, "logger": LOGGER}
 
 
@@ -464,7 +481,7 @@ def validate(cfg: DictConfig | Mapping) -> dict:
     """Check every key of the composed configuration; returns the resolved configuration.
     Raises :class:`ConfigError` (one line: key, value, what is allowed) at the first bad key."""
     c = _resolve(cfg)
-    groups = {*GROUPS, "trainer", "protocol", "paths", "paper"}
+    groups = {*GROUPS, "trainer", "protocol", "paths", "paper", "population"}
     for key, value in c.items():
         if key in groups:
             continue
@@ -481,6 +498,8 @@ def validate(cfg: DictConfig | Mapping) -> dict:
         _check_group(c["protocol"], PROTOCOL, "protocol")
     if c.get("paths") is not None:
         _check_group(c["paths"], PATHS, "paths")
+    if c.get("population") is not None:
+        _check_group(c["population"], POPULATION, "population")
     for name, schemas in GROUPS.items():
         _check_target(c.get(name), name, schemas)
     if c.get("trainer") is None:

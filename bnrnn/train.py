@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bnrnn import rundir
+from bnrnn import population_run, rundir
 from bnrnn.checkpoint import CheckpointError
 from bnrnn.config import CONFIG_DIR as _CONFIG_DIR
 from bnrnn.config import ConfigError, deviations, validate, validate_data
@@ -56,6 +56,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     refused unless ``resume=true`` with an unchanged configuration. A failure after that is
     written down (traceback in ``train.log``, ``final.json`` status ``failed``) and re-raised; a
     SIGINT/SIGTERM ends the run ``interrupted`` and raises :class:`Interrupted`."""
+    if population_run.requested(cfg):  # population.seeds=[...]: M runs in one process
+        return population_run.run(cfg, run_dir)
+    cfg = population_run.without_population(cfg)
     validate(cfg)  # every key's type and range, before the run directory or the data is touched
     run_dir = Path(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -77,31 +80,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
     rundir.write_hydra_files(run_dir, cfg, overrides,
                              HydraConfig.get() if HydraConfig.initialized() else None)
-    info = {
-        "name": cfg.name,
-        "seed": cfg.seed,
-        "norm": cfg.model.get("norm"),
-        "protocol": (cfg.get("protocol") or {}).get("name"),  # PTB: configs/protocol/
-        "limit_batches": cfg.data.get("limit_batches"),
-        # the published protocol (the experiment's paper:) and each way this run departs from it
-        "paper": (cfg.get("paper") or {}).get("source"),
-        "deviations": deviations(resolved),
-        "substitutes": list((cfg.get("paper") or {}).get("substitutes") or []),
-        # the job's own overrides: a multirun's argv holds the sweep lists, not this job's values
-        "command": " ".join(["python -m bnrnn.train", *overrides]),
-        "overrides": overrides,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    info["scaled"] = bool(info["deviations"])
-    # the code the run starts with (a checkout may move on while a long run trains); a copy of
-    # the tree without .git (e.g. a lent GPU machine) is told its revision by BNRNN_GIT_REVISION
-    info["git_revision"] = git_revision()
-    if info["git_revision"] == "unknown":
-        info["git_revision"] = os.environ.get("BNRNN_GIT_REVISION", "unknown")
-    # runs started side by side on one device (scripts/campaign.sh says how many): their times
-    # are shared-device times; None where nothing said so
-    concurrent = os.environ.get("BNRNN_CONCURRENT_RUNS")
-    info["concurrent_runs"] = int(concurrent) if concurrent and concurrent.isdigit() else None
+    info = run_info(cfg, resolved, overrides)
     trainer = None
     try:
         data = instantiate(cfg.data)
@@ -136,6 +115,36 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     if final["status"] == "diverged" or final["best"] is None:
         return float("inf")
     return float(final["best"][final["selection"]])
+
+
+def run_info(cfg: DictConfig, resolved: dict, overrides: list[str]) -> dict:
+    """The facts of a run that final.json records beside its results."""
+    info = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "norm": cfg.model.get("norm"),
+        "protocol": (cfg.get("protocol") or {}).get("name"),  # PTB: configs/protocol/
+        "limit_batches": cfg.data.get("limit_batches"),
+        # the published protocol (the experiment's paper:) and each way this run departs from it
+        "paper": (cfg.get("paper") or {}).get("source"),
+        "deviations": deviations(resolved),
+        "substitutes": list((cfg.get("paper") or {}).get("substitutes") or []),
+        # the job's own overrides: a multirun's argv holds the sweep lists, not this job's values
+        "command": " ".join(["python -m bnrnn.train", *overrides]),
+        "overrides": overrides,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    info["scaled"] = bool(info["deviations"])
+    # the code the run starts with (a checkout may move on while a long run trains); a copy of
+    # the tree without .git (e.g. a lent GPU machine) is told its revision by BNRNN_GIT_REVISION
+    info["git_revision"] = git_revision()
+    if info["git_revision"] == "unknown":
+        info["git_revision"] = os.environ.get("BNRNN_GIT_REVISION", "unknown")
+    # runs started side by side on one device (scripts/campaign.sh says how many): their times
+    # are shared-device times; None where nothing said so
+    concurrent = os.environ.get("BNRNN_CONCURRENT_RUNS")
+    info["concurrent_runs"] = int(concurrent) if concurrent and concurrent.isdigit() else None
+    return info
 
 
 def _record_failure(run_dir: Path, trainer: Trainer | None, info: dict, error: Exception) -> None:

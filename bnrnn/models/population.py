@@ -1,0 +1,210 @@
+"""Population models: M language models (or framewise speech classifiers) of one configuration
+as one module.
+
+``PopulationLM.stack(models)`` puts M ordinary models side by side (the word LM
+:class:`~bnrnn.models.lm.WordLM`, the character models :class:`~bnrnn.models.char.CharRNN` and
+:class:`~bnrnn.models.char.CharLSTM`): every embedding becomes (M, V, E), every decoder
+(M, V, H) + (M, V), the recurrent stack a population ``NormLSTM``/``NormRNN`` (docs/population.md).
+Its ``state_dict`` has the ordinary model's keys, each value with a leading member axis M, and
+``member(m)`` gives member m back as an ordinary model. Built from M models constructed under M
+seeds, member m's initial parameters are those of a single run with seed m.
+
+Batches are (input, target) of (T, M, B) ids — member m's own batch in ``[:, m]`` — or (T, B),
+one batch for every member; the speech classifier takes one (features, lengths, labels) batch
+for every member (its data order is the data's ``batch_seed``, not the run's seed). The loss and every additive statistic come out per member, shaped
+(M,); the objective is the sum of the members' own objectives (member m's parameters receive
+exactly the gradient of its own objective: members share no computation).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnrnn.contracts import StepOutput
+from bnrnn.models.char import CharLM
+from bnrnn.models.lm import AUTHORS_EPS, WordLM
+from bnrnn.models.speech import IGNORE, FramewiseClassifier
+from bnrnn.nn.base import RecurrentStack, member_linear
+from bnrnn.nn.norms import per_member
+
+
+class PopulationEmbedding(nn.Module):
+    """M embedding tables, ``weight`` (M, V, E): ids (T, M, B) -> (T, M, B, E), member m's ids
+    looked up in its own table (one lookup in the (M·V, E) table, ids offset by m·V)."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        M, V, E = self.weight.shape
+        offset = torch.arange(M, device=ids.device).view(M, 1) * V
+        return F.embedding(ids + offset, self.weight.reshape(M * V, E))
+
+
+class PopulationLinear(nn.Module):
+    """M linear maps, ``weight`` (M, N, K), ``bias`` (M, N): (..., M, B, K) -> (..., M, B, N)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = member_linear(x, self.weight)
+        return y if self.bias is None else y + per_member(self.bias)
+
+
+# what each kind of submodule of an ordinary model becomes in a population; a module with no
+# parameters or persistent buffers (dropout, the one-hot table) is kept as it is
+def _populate(child: nn.Module, members: list[nn.Module]) -> nn.Module:
+    if isinstance(child, RecurrentStack):
+        return type(child).stack(members)
+    if isinstance(child, nn.Embedding):
+        return PopulationEmbedding(torch.zeros(len(members), *child.weight.shape,
+                                               dtype=child.weight.dtype, device=child.weight.device))
+    if isinstance(child, nn.Linear):
+        w = child.weight
+        bias = None if child.bias is None else w.new_zeros(len(members), *child.bias.shape)
+        return PopulationLinear(w.new_zeros(len(members), *w.shape), bias)
+    if not child.state_dict():
+        return copy.deepcopy(child)
+    raise ValueError(f"PopulationLM.stack: no population form of {type(child).__name__}; "
+                     f"supported are embeddings, linear layers and NormLSTM/NormRNN stacks")
+
+
+KINDS_BY_NAME = {"word": WordLM, "char": CharLM, "speech": FramewiseClassifier}
+KINDS = tuple(KINDS_BY_NAME.values())
+
+
+class PopulationLM(nn.Module):
+    """M word or character language models side by side (module doc). Build with :meth:`stack`."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        models = list(models)
+        if not models:
+            raise ValueError("PopulationLM.stack: no models given")
+        first = models[0]
+        if not isinstance(first, KINDS):
+            raise ValueError(f"PopulationLM.stack: {type(first).__name__} is not a WordLM, "
+                             f"CharRNN, CharLSTM or FramewiseClassifier")
+        for k, model in enumerate(models):
+            if type(model) is not type(first):
+                raise ValueError(f"PopulationLM.stack: models[{k}] is a {type(model).__name__}, "
+                                 f"models[0] a {type(first).__name__}; a population has one kind")
+            shapes = {n: v.shape for n, v in model.state_dict().items()}
+            if shapes != {n: v.shape for n, v in first.state_dict().items()}:
+                raise ValueError(f"PopulationLM.stack: models[{k}] differs from models[0] in its "
+                                 f"parameter shapes; a population has one configuration")
+        self.population = len(models)
+        self.kind = next(kind for kind, cls in KINDS_BY_NAME.items() if isinstance(first, cls))
+        self.selection = first.selection
+        self.chance_loss = first.chance_loss
+        self.metrics = first.metrics  # per member: the ordinary model's metrics of its totals
+        template = copy.deepcopy(first)
+        self.__dict__["_template"] = template  # not a submodule: outside state_dict/parameters
+        for name, child in first.named_children():
+            setattr(self, name, _populate(child, [getattr(m, name) for m in models]))
+        for name, buffer in first.named_buffers(recurse=False):  # e.g. input statistics
+            self.register_buffer(name, buffer.new_zeros(self.population, *buffer.shape),
+                                 persistent=name in first.state_dict())
+        states = [m.state_dict() for m in models]
+        self.load_state_dict({k: torch.stack([s[k] for s in states]) for k in states[0]})
+        self.train(first.training)
+
+    stack = classmethod(lambda cls, models: cls(models))
+    stack.__doc__ = "The population of M ordinary models of one kind and configuration."
+
+    def member(self, m: int) -> nn.Module:
+        """Member m as an ordinary model (a copy of its parameters and statistics)."""
+        if not -self.population <= m < self.population:
+            raise IndexError(f"PopulationLM.member: m must be in [0, {self.population})")
+        model = copy.deepcopy(self._template)
+        model.load_state_dict({k: v[m] for k, v in self.state_dict().items()})
+        return model.to(next(self.parameters()).device).train(self.training)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: tuple[Tensor, Tensor], state=None) -> StepOutput:
+        """batch: (input, target), each (T, M, B) or (T, B) ids; loss_sum and sums (M,)."""
+        if self.kind == "speech":
+            return self._speech(*batch)
+        x, y = (self._per_member(t) for t in batch)
+        return self._word(x, y, state) if self.kind == "word" else self._char(x, y)
+
+    def _per_member(self, ids: Tensor) -> Tensor:
+        M = self.population
+        if ids.dim() == 2:
+            return ids.unsqueeze(1).expand(ids.shape[0], M, ids.shape[1])
+        if ids.dim() != 3 or ids.shape[1] != M:
+            raise ValueError(f"PopulationLM: a batch must be (T, B) or (T, M={M}, B) ids; got "
+                             f"{tuple(ids.shape)}")
+        return ids
+
+    def _word(self, x: Tensor, y: Tensor, state) -> StepOutput:
+        """WordLM's step per member: objective Σ_m NLL_m / B, ``batch_ppl`` the authors' metric."""
+        T, M, B = y.shape
+        out, state = self.rnn(self.drop(self.embedding(x)), state)
+        logits = self.decoder(self.drop(out))  # (T, M, B, V)
+        logp = F.log_softmax(logits.float(), dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        nll = -logp.sum((0, 2))  # (M,)
+        with torch.no_grad():
+            authors = (logp.exp() + AUTHORS_EPS).log().mean((0, 2)).neg().exp()
+        return StepOutput(objective=nll.sum() / B, loss_sum=nll.detach(), count=T * B,
+                          sums={"batch_ppl": authors, "batches": torch.ones(M, device=y.device)},
+                          state=tuple(s.detach() for s in state))
+
+    def _char(self, x: Tensor, y: Tensor) -> StepOutput:
+        """CharLM's step per member: objective Σ_m (NLL_m / (T·B)), zero initial state."""
+        T, M, B = y.shape
+        out, _ = self.rnn(self.embed(x))
+        logits = self.decoder(out)  # (T, M, B, V)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        nll = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
+        nll = nll.view(T, M, B).sum((0, 2))
+        return StepOutput(objective=nll.sum() / (T * B), loss_sum=nll.detach(), count=T * B)
+
+    def _speech(self, features: Tensor, lengths: Tensor, labels: Tensor) -> StepOutput:
+        """FramewiseClassifier's step per member, on one batch for every member: features
+        (T, B, F), lengths (B,), labels (T, B); objective Σ_m CE_m / B, ``count`` and ``errors``
+        (M,) device tensors."""
+        T, B = labels.shape
+        M = self.population
+        mask = torch.arange(T, device=features.device)[:, None] < lengths.to(features.device)[None, :]
+        x = (features.unsqueeze(1) - self.feature_mean.unsqueeze(-2)) / self.feature_std.unsqueeze(-2)
+        x = x * mask.unsqueeze(1).unsqueeze(-1).to(x.dtype)  # (T, M, B, F); padding exact zeros
+        out, _ = self.rnn(x, lengths=lengths)
+        logits = self.output(out).float()  # (T, M, B, C)
+        y = labels.unsqueeze(1).expand(T, M, B)
+        ce = F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=IGNORE,
+                             reduction="none").view(T, M, B).sum((0, 2))
+        real = y != IGNORE
+        errors = ((logits.argmax(-1) != y) & real).sum((0, 2))
+        return StepOutput(objective=ce.sum() / B, loss_sum=ce.detach(), count=real.sum((0, 2)),
+                          sums={"errors": errors})
+
+    def extra_repr(self) -> str:
+        return f"population={self.population}, kind={self.kind}"
+
+
+def seeded_population(build, seeds: Sequence[int]) -> PopulationLM:
+    """The population of ``build()`` called under ``torch.manual_seed(s)`` for each seed s:
+    member m's initial parameters are those a single run seeded with seeds[m] creates. The
+    global RNG is left as the last build left it."""
+    models = []
+    for s in seeds:
+        torch.manual_seed(s)
+        models.append(build())
+    return PopulationLM.stack(models)
+
+
+__all__ = ["PopulationEmbedding", "PopulationLM", "PopulationLinear", "seeded_population"]

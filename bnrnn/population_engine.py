@@ -1,0 +1,375 @@
+"""The training loop of a population: M runs of one shape in one process, each recorded as an
+ordinary run.
+
+:class:`PopulationTrainer` steps a :class:`~bnrnn.models.population.PopulationLM` with
+:class:`~bnrnn.population.PopulationSGD`, per-member clipping and schedules, and keeps for each
+member what :class:`bnrnn.engine.Trainer` keeps for a single run — its ``metrics.jsonl`` rows,
+best epoch and ``checkpoints/best.pt`` (member m as an ordinary model's state), ``final.json``
+(written by the single run's own ``Trainer._final``) — in the member's own run directory.
+
+Divergence is the single run's rule applied to each member alone (non-finite loss, a training
+stretch above chance + margin, non-finite final metrics): the member is frozen
+(:class:`~bnrnn.population.FrozenMembers`), its ``final.json`` says ``diverged`` with the epoch,
+and the others go on unchanged. The whole population is checkpointed in
+``<population dir>/checkpoints/last.pt`` after every epoch; resuming from it continues every
+member as an uninterrupted population run would.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bnrnn import checkpoint
+from bnrnn.engine import Interrupted, Trainer, TrainerConfig, _metrics_only, _non_finite, _progress, _to
+from bnrnn.io import read_jsonl, write_jsonl
+from bnrnn.models.population import PopulationLM
+from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
+from bnrnn.population import FrozenMembers, PopulationSchedule, PopulationSGD, clip_grad_norm_per_member
+
+
+@dataclass
+class MemberRun:
+    """One member's record, as a single run's Trainer keeps it."""
+
+    run_dir: Path
+    info: dict
+    logger: object = None
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    status: str = "running"  # running | diverged | completed | interrupted
+    error: str | None = None
+    test: dict | None = None  # test metrics at the best epoch, once tested
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+class _MemberModel:
+    """What ``Trainer._final`` reads of a model, for member m: ``selection`` and ``parameters``."""
+
+    def __init__(self, population: PopulationLM, m: int):
+        self.selection, self._population, self._m = population.selection, population, m
+
+    def parameters(self):
+        return (p[self._m] for p in self._population.parameters())
+
+
+def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
+    """Member m seen as a single run's :class:`Trainer` (its record, a view of its parameters),
+    so that its ``final.json`` is written by ``Trainer._final`` itself: the same fields, the same
+    rules, whatever they become."""
+    member = trainer.members[m]
+    view = Trainer.__new__(Trainer)
+    view.__dict__.update(
+        cfg=trainer.cfg, step=trainer.step, elapsed=trainer.elapsed, device=trainer.device,
+        history=member.history, best=member.best, info=member.info, run_dir=member.run_dir,
+        ckpt_dir=member.ckpt_dir, model=_MemberModel(trainer.model, m), data=trainer.data,
+        optimizer=None, scheduler=None, logger=None)
+    return view
+
+
+class PopulationTrainer:
+    """Train every member of ``model`` (module doc). ``clip[m]``: member m's gradient-norm limit
+    (None: not clipped); ``config.clip_grad_norm`` is not used."""
+
+    def __init__(self, *, model: PopulationLM, data, optimizer: PopulationSGD,
+                 schedule: PopulationSchedule, clip: list[float | None], config: TrainerConfig,
+                 run_dir: str | Path, members: list[MemberRun], device: torch.device,
+                 resolved_config: dict | None = None):
+        self.model, self.data, self.optimizer, self.schedule = model, data, optimizer, schedule
+        self.clip, self.cfg, self.device = clip, config, device
+        self.M = model.population
+        if len(members) != self.M or len(clip) != self.M:
+            raise ValueError(f"PopulationTrainer: {len(members)} member records and {len(clip)} "
+                             f"clip limits for a population of {self.M}")
+        self.members = members
+        self.frozen = FrozenMembers(model, optimizer)
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.resolved_config = resolved_config or {}
+        self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.last_epoch_time: float | None = None  # max_time: will another epoch fit?
+        self.signum = None
+
+    def live(self) -> list[int]:
+        return [m for m, r in enumerate(self.members) if r.status == "running"]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "frozen": self.frozen.state_dict(),
+            "members": [{"best": r.best, "status": r.status, "error": r.error,
+                         "diverged_epoch": r.info.get("diverged_epoch")} for r in self.members],
+            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
+            "last_epoch_time": self.last_epoch_time,
+            "rng": checkpoint.rng_state(),
+            "config": self.resolved_config,
+        }
+
+    def resume_from(self, state: dict) -> None:
+        """Continue from the population's ``last.pt``; each member's rows after it are dropped."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.frozen.load_state_dict(state["frozen"])
+        self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.last_epoch_time = state["last_epoch_time"]
+        for r, saved in zip(self.members, state["members"]):
+            r.best, r.status, r.error = saved["best"], saved["status"], saved["error"]
+            if saved["diverged_epoch"] is not None:
+                r.info["diverged_epoch"] = saved["diverged_epoch"]
+            r.history = [row for row in read_jsonl(r.run_dir / "metrics.jsonl")
+                         if row["epoch"] <= self.epoch]
+            write_jsonl(r.run_dir / "metrics.jsonl", r.history)
+        checkpoint.set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ divergence
+    def _diverge(self, m: int, message: str) -> None:
+        """Member m has diverged: frozen, and its final.json says so (with the epoch)."""
+        r = self.members[m]
+        if r.status != "running":
+            return
+        r.status, r.error = "diverged", message
+        r.info["diverged_epoch"] = self.epoch
+        self.frozen.freeze(m)
+        self._final(m, None)
+
+    # ------------------------------------------------------------------ loops
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def run_epoch(self, split: str, train: bool, batch_stats: bool = False) -> dict[int, dict]:
+        """One pass over ``split``: {member: metrics} for the members still running after it."""
+        self.model.train(train)
+        with batch_statistics(self.model) if batch_stats else contextlib.nullcontext():
+            return self._pass(split, train)
+
+    def _pass(self, split: str, train: bool) -> dict[int, dict]:
+        model, data, M = self.model, self.data, self.M
+        state = None
+        loss_sum = torch.zeros(M, dtype=torch.float64, device=self.device)
+        count_sum = torch.zeros(M, dtype=torch.int64, device=self.device)
+        sums: dict[str, Tensor] = {}
+        checked = ([0.0] * M, [0] * M)
+        chance = model.chance_loss if train else None
+        n = data.num_batches(split)
+        bar = _progress(n, f"epoch {self.epoch} {split} ({M} members)", self.cfg.progress)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(train):
+            for i, batch in enumerate(data.batches(split, self.epoch if train else 0)):
+                batch = _to(batch, self.device)
+                with self._autocast():
+                    out = model(batch, state)
+                if train:
+                    self.frozen.restore()  # a frozen member's statistics stay as they were
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out.objective.backward()
+                    live = self.live()
+                    if any(self.clip[m] for m in live):
+                        clip_grad_norm_per_member(model.parameters(), self.clip, M, live)
+                    self.optimizer.step()
+                    self.step += 1
+                state = out.state if data.stateful else None
+                loss_sum += out.loss_sum.double()
+                count_sum += out.count
+                for k, v in out.sums.items():
+                    sums[k] = sums.get(k, 0) + v.detach().double()
+                if (i + 1) % self.cfg.check_every == 0 or i + 1 == n:
+                    totals, counts = _read_back(loss_sum, count_sum)  # one sync per check
+                    for m in self.live():
+                        mean = totals[m] / counts[m]
+                        window = (totals[m] - checked[0][m]) / max(1, counts[m] - checked[1][m])
+                        if not math.isfinite(mean):
+                            self._diverge(m, f"non-finite {split} loss ({mean}) at epoch "
+                                             f"{self.epoch}, step {self.step}")
+                        elif chance is not None and window > chance + self.cfg.divergence_margin:
+                            self._diverge(m, f"{split} loss {window:.4g} over the last steps is "
+                                             f"above the uniform prediction's {chance:.4g} + margin "
+                                             f"{self.cfg.divergence_margin:g} at epoch "
+                                             f"{self.epoch}, step {self.step}")
+                    checked = (totals, counts)
+                    if not self.live():
+                        break
+                    bar.set_postfix({"live": len(self.live()),
+                                     "loss": f"{min(totals[m] / counts[m] for m in self.live()):.4g}"},
+                                    refresh=False)
+                bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - start
+        totals, counts = _read_back(loss_sum, count_sum)
+        sums_host = {k: v.tolist() for k, v in sums.items()}
+        out = {}
+        for m in self.live():
+            if not math.isfinite(totals[m]):
+                self._diverge(m, f"non-finite {split} loss at epoch {self.epoch}, step {self.step}")
+                continue
+            member = {"loss_sum": totals[m], "count": counts[m]} | {k: v[m] for k, v in sums_host.items()}
+            out[m] = model.metrics(member) | {"tokens_per_s": counts[m] / seconds, "seconds": seconds}
+        return out
+
+    def evaluate(self, split: str) -> dict[int, dict]:
+        """Each running member's metrics on ``split`` (see ``Trainer.evaluate``)."""
+        if self.cfg.reestimate_batches:
+            self.reestimate_statistics(self.cfg.reestimate_batches)
+        out = {m: _metrics_only(v) for m, v in self.run_epoch(split, train=False).items()}
+        if self.cfg.eval_batch_stats and any(isinstance(x, SeqBatchNorm) for x in self.model.modules()):
+            batch = self.run_epoch(split, train=False, batch_stats=True)
+            for m in list(out):
+                if m in batch:
+                    out[m] |= {f"batchstat_{k}": v for k, v in _metrics_only(batch[m]).items()}
+                else:
+                    del out[m]
+        return {m: v for m, v in out.items() if self.members[m].status == "running"}
+
+    def reestimate_statistics(self, n_batches: int) -> None:
+        carry = None
+
+        def forward(model, batch):
+            nonlocal carry
+            with self._autocast():
+                out = model(_to(batch, self.device), carry)
+            carry = out.state if self.data.stateful else None
+
+        update_population_statistics(self.model, itertools.islice(self.data.batches("train", 0), n_batches),
+                                     forward)
+        self.frozen.restore()
+
+    def fit(self) -> list[dict]:
+        """Train to ``max_epochs``; returns every member's ``final.json``."""
+        self._writing, self._pending = False, None
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        interrupted = None
+        try:
+            while self.epoch < self.cfg.max_epochs and self.live():
+                # as a single run counts it: epochs completed (its metrics rows)
+                if self.cfg.stop_after_epochs is not None and self.epoch >= self.cfg.stop_after_epochs:
+                    raise Interrupted(f"stop_after_epochs={self.cfg.stop_after_epochs} reached")
+                if self._out_of_time():
+                    break
+                self._train_one_epoch()
+        except (KeyboardInterrupt, Interrupted) as e:
+            interrupted = str(e) or type(e).__name__
+            self.signum = getattr(e, "signum", signal.SIGINT)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        live = self.live()
+        if interrupted is not None:
+            for m in live:
+                self.members[m].status, self.members[m].error = "interrupted", interrupted
+        else:
+            tests = self._test_at_best([m for m in live if self.members[m].best is not None]) \
+                if self.cfg.test_split else {}
+            for m in live:
+                r = self.members[m]
+                r.status = "completed"
+                if bad := _non_finite(r.best, tests.get(m)):
+                    r.status, r.error = "diverged", f"non-finite final metrics: {', '.join(bad)}"
+                r.test = tests.get(m)
+        finals = []
+        for m, r in enumerate(self.members):
+            final = self._final(m, r.test)
+            if r.logger:
+                r.logger.finish(final)
+            finals.append(final)
+        return finals
+
+    def _out_of_time(self) -> bool:
+        if self.cfg.max_time is None or self.last_epoch_time is None:
+            return False
+        if self.elapsed + self.last_epoch_time <= self.cfg.max_time:
+            return False
+        reason = (f"max_time={self.cfg.max_time:g}s: {self.elapsed:.0f}s used, an epoch takes "
+                  f"{self.last_epoch_time:.0f}s")
+        for m in self.live():
+            self.members[m].info["stop_reason"] = reason
+        return True
+
+    def _train_one_epoch(self) -> None:
+        self.epoch += 1
+        lrs = list(self.optimizer.param_groups[0]["lr"])
+        t0 = time.perf_counter()
+        rows = {m: {"epoch": self.epoch, "step": 0, "lr": lrs[m]}
+                | {f"train_{k}": v for k, v in train.items() if k != "seconds"}
+                for m, train in self.run_epoch("train", train=True).items()}
+        for row in rows.values():
+            row["step"] = self.step
+        for split in self.cfg.eval_splits:
+            evaluated = self.evaluate(split)
+            for m in rows:
+                if m in evaluated:
+                    rows[m] |= {f"{split}_{k}": v for k, v in evaluated[m].items()}
+        self.schedule.step()
+        epoch_time = time.perf_counter() - t0
+        self.elapsed += epoch_time
+        self.last_epoch_time = epoch_time
+        key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
+        self._writing = True  # a signal now waits until the epoch's records are all written
+        try:
+            for m in self.live():
+                r, row = self.members[m], rows[m] | {"epoch_time": epoch_time, "wall_time": self.elapsed}
+                r.history.append(row)
+                if r.best is None or row[key] < r.best[key]:
+                    r.best = row
+                    checkpoint.save(r.ckpt_dir / "best.pt", {"model": self._member_state(m),
+                                                             "epoch": self.epoch})
+                # Order matters for resume: metrics first, then the checkpoint that covers them.
+                write_jsonl(r.run_dir / "metrics.jsonl", r.history)
+            checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
+            for m in self.live():
+                self._final(m, None)
+                if self.members[m].logger:
+                    self.members[m].logger.log(self.members[m].history[-1], step=self.step)
+        finally:
+            self._writing = False
+        if self._pending is not None:
+            raise Interrupted.by(self._pending)
+
+    def _on_signal(self, signum, frame):
+        if self._writing:
+            self._pending = signum
+            return
+        raise Interrupted.by(signum)
+
+    def _member_state(self, m: int) -> dict:
+        """Member m's state as an ordinary model's ``state_dict`` (loadable by a single run)."""
+        return {k: v[m].clone() for k, v in self.model.state_dict().items()}
+
+    def _test_at_best(self, members: list[int]) -> dict[int, dict]:
+        """Each member's test metrics with its own best-validation weights, in one pass."""
+        if not members:
+            return {}
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        best = {k: v.clone() for k, v in current.items()}
+        for m in members:
+            saved = checkpoint.load(self.members[m].ckpt_dir / "best.pt", self.device)["model"]
+            for k, v in saved.items():
+                best[k][m] = v
+        self.model.load_state_dict(best)
+        try:
+            return self.evaluate(self.cfg.test_split)
+        finally:
+            self.model.load_state_dict(current)
+
+    def _final(self, m: int, test: dict | None) -> dict:
+        r = self.members[m]
+        return _member_trainer(self, m)._final(r.status, r.error, test)
+
+
+def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[list[float], list[int]]:
+    """Every member's summed loss and unit count, copied to the host in one transfer."""
+    totals, counts = torch.stack((loss_sum, count_sum.double())).tolist()
+    return totals, [int(c) for c in counts]

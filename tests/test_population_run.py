@@ -1,0 +1,157 @@
+"""Population runs end to end (``population.seeds=[...]``, bnrnn/population_run.py): one process,
+one ordinary run directory per member.
+
+"Reproduces M single runs" means: member k's metrics rows, best epoch and test metrics are those
+of ``python -m bnrnn.train <same overrides> seed=<seeds[k]>`` run alone — same initialisation
+(its seed), same data order (PTB characters shuffle by data.seed = seed), same per-member
+hyper-parameters. In float64 they agree to float64 rounding (the population's batched products
+and reductions round differently from a single model's, by an ulp or so); a member's divergence
+leaves the others bit-identical (float32) to a population without it.
+"""
+import json
+
+import pytest
+import torch
+import yaml
+
+from bnrnn import checkpoint
+from bnrnn.config import ConfigError
+from bnrnn.io import read_jsonl
+from bnrnn.report.runs import load_runs
+from bnrnn.train import run
+from tests.helpers import make_cfg, strip_times, train
+
+TIMES = {"epoch_time", "wall_time", "train_tokens_per_s", "tokens_per_s"}
+# what differs between a member and its single run by nature: when and how it was launched
+LAUNCH = {"started", "finished", "wall_time", "command", "overrides", "population", "hardware",
+          "best", "git_revision"}
+
+
+@pytest.fixture
+def char(ptb_char_root):
+    return ["experiment=grid_char_rnn", f"data.root={ptb_char_root}", "model.norm=bn_sum",
+            "model.hidden_size=8", "model.embedding_size=6", "model.num_layers=2",
+            "data.limit_batches=2", "data.seq_len=10", "data.batch_size=8", "data.eval_batch_size=64",
+            "trainer.max_epochs=2", "quiet=true", "device=cpu", "trainer.check_every=1"]
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def member_dir(root, k):
+    return root / f"member{k}"
+
+
+def test_a_population_of_seeds_reproduces_the_single_runs(char, tmp_path, float64):
+    seeds, lrs, clips = [1, 2], [0.42, 0.1], [1.0, "null"]
+    run(make_cfg(char + [f"population.seeds={seeds}", f"population.optim.lr={lrs}",
+                         f"population.trainer.clip_grad_norm=[{clips[0]},{clips[1]}]"]),
+        tmp_path / "pop")
+    for k, seed in enumerate(seeds):
+        _, single, rows = train(char + [f"seed={seed}", f"optim.lr={lrs[k]}",
+                                        f"trainer.clip_grad_norm={clips[k]}"], tmp_path / f"single{k}")
+        d = member_dir(tmp_path / "pop", k)
+        member = json.loads((d / "final.json").read_text())
+        member_rows = read_jsonl(d / "metrics.jsonl")
+        assert len(member_rows) == len(rows) == 2
+        for a, b in zip(strip_times(rows), strip_times(member_rows)):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-13, abs=0), (k, key)
+        assert {k_: v for k_, v in member.items() if k_ not in LAUNCH | {"test"}} == \
+               {k_: v for k_, v in single.items() if k_ not in LAUNCH | {"test"}}
+        for key, v in single["test"].items():
+            assert member["test"][key] == pytest.approx(v, rel=1e-13)
+        # the member's recorded configuration is its single run's, and its command is one
+        config = yaml.safe_load((d / ".hydra/config.yaml").read_text())
+        assert config == yaml.safe_load((tmp_path / f"single{k}/.hydra/config.yaml").read_text())
+        assert "population" not in config and config["seed"] == seed
+        assert member["overrides"][-3:] == [f"seed={seed}", f"optim.lr={lrs[k]}",
+                                            f"trainer.clip_grad_norm={clips[k]}"]
+        assert not any(o.startswith("population.") for o in member["overrides"])
+        assert member["population"] == {"dir": str(tmp_path / "pop"), "member": k, "size": 2}
+        # best.pt holds the member as an ordinary model
+        best = checkpoint.load(d / "checkpoints/best.pt")["model"]
+        single_best = checkpoint.load(tmp_path / f"single{k}/checkpoints/best.pt")["model"]
+        assert best.keys() == single_best.keys()
+        for key in best:
+            torch.testing.assert_close(best[key], single_best[key], rtol=1e-11, atol=1e-13)
+    runs = load_runs(tmp_path / "pop")  # the reports see two ordinary runs
+    assert [r.final["seed"] for r in runs] == seeds
+
+
+def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
+    """Member 1's learning rate makes it diverge; members 0 and 2 go on exactly as in a
+    population of the two of them (float32, bit for bit)."""
+    common = char + ["trainer.max_epochs=3", "data.limit_batches=3"]
+    run(make_cfg(common + ["population.seeds=[5,6,7]", "population.optim.lr=[0.3,1e4,0.2]"]),
+        tmp_path / "three")
+    run(make_cfg(common + ["population.seeds=[5,7]", "population.optim.lr=[0.3,0.2]"]),
+        tmp_path / "two")
+    bad = json.loads((member_dir(tmp_path / "three", 1) / "final.json").read_text())
+    assert bad["status"] == "diverged" and bad["diverged_epoch"] == 1 and "epoch 1" in bad["error"]
+    assert bad["test"] is None and bad["epochs_completed"] == 0 and bad["best"] is None
+    for k3, k2 in ((0, 0), (2, 1)):
+        a, b = member_dir(tmp_path / "three", k3), member_dir(tmp_path / "two", k2)
+        assert strip_times(read_jsonl(a / "metrics.jsonl")) == strip_times(read_jsonl(b / "metrics.jsonl"))
+        fa, fb = (json.loads((x / "final.json").read_text()) for x in (a, b))
+        assert fa["status"] == fb["status"] == "completed" and fa["test"] == fb["test"]
+        sa, sb = (checkpoint.load(x / "checkpoints/best.pt")["model"] for x in (a, b))
+        assert all(torch.equal(sa[key], sb[key]) for key in sa)
+
+
+def test_resume_continues_the_whole_population(char, tmp_path):
+    pop = char + ["population.seeds=[1,2]", "trainer.max_epochs=3"]
+    run(make_cfg(pop), tmp_path / "whole")
+    run(make_cfg(pop + ["trainer.stop_after_epochs=1"]), tmp_path / "resumed")
+    interrupted = json.loads((member_dir(tmp_path / "resumed", 0) / "final.json").read_text())
+    assert interrupted["status"] == "interrupted" and interrupted["epochs_completed"] == 1
+    run(make_cfg(pop + ["resume=true"]), tmp_path / "resumed")
+    for k in (0, 1):
+        a, b = member_dir(tmp_path / "whole", k), member_dir(tmp_path / "resumed", k)
+        assert strip_times(read_jsonl(a / "metrics.jsonl")) == strip_times(read_jsonl(b / "metrics.jsonl"))
+        assert json.loads((b / "final.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["population.seeds=[1,2]", "population.optim.lr=[0.1,0.2,0.3]"], "population.optim.lr"),
+    (["population.seeds=[1,2]", "optim=adam"], "optim"),
+    (["population.seeds=[1,1]", "population.member_dir='seed{seed}'"], "population.member_dir"),
+    (["population.seeds=[1,2]", "population.schedule.decay=[0.5,0.5]"], "population.schedule"),
+    (["population.seeds=[1,-2]"], "population.seeds"),
+])
+def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, overrides, key):
+    with pytest.raises(ConfigError, match=f"config error: {key}"):
+        run(make_cfg(char + overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_ordinary_run_records_no_population_block(char, tmp_path):
+    train(char + ["trainer.max_epochs=1"], tmp_path)
+    assert "population" not in yaml.safe_load((tmp_path / ".hydra/config.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_a_word_lm_population_with_per_member_schedules_reproduces_the_single_runs(ptb_root, tmp_path):
+    """The word LM: one data order for every member (shared batches), the state carried across
+    windows, each member its own learning rate and decay. WordLM's loss is float32 (its
+    log-softmax), so members agree with their single runs to float32 rounding."""
+    base = ["experiment=ptb_small", f"data.root={ptb_root}", "model.hidden_size=16",
+            "data.limit_batches=4", "data.bptt=5", "data.batch_size=4", "quiet=true", "device=cpu",
+            "trainer.max_epochs=3", "schedule=decay_after", "schedule.after_epoch=1"]
+    lrs, decays = [1.0, 0.5], [0.5, 0.9]
+    run(make_cfg(base + ["population.seeds=[1,2]", f"population.optim.lr={lrs}",
+                         f"population.schedule.decay={decays}"]), tmp_path / "pop")
+    for k, seed in enumerate([1, 2]):
+        _, single, rows = train(base + [f"seed={seed}", f"optim.lr={lrs[k]}",
+                                        f"schedule.decay={decays[k]}"], tmp_path / f"single{k}")
+        member_rows = strip_times(read_jsonl(member_dir(tmp_path / "pop", k) / "metrics.jsonl"))
+        assert [r["lr"] for r in member_rows] == [r["lr"] for r in rows]
+        for a, b in zip(strip_times(rows), member_rows):
+            for key in a:
+                assert b[key] == pytest.approx(a[key], rel=2e-6), (k, key)
