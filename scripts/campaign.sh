@@ -6,7 +6,10 @@
 #   scripts/campaign.sh JOBS_FILE MAX_TIME_S [override ...]
 #   JOBS_FILE: one job per line, "<run name> <overrides...>"; lines starting with '#' are comments;
 #   a line "!prepare <overrides...>" builds that data once (scripts/prepare_data.py) before any
-#   job starts, so jobs that share a corpus do not all build it at once
+#   job starts, so jobs that share a corpus do not all build it at once; a job "<name> !grid <norm>
+#   [overrides...]" runs the appendix grid for that norm as populations (bnrnn.population_grid,
+#   $GRID_TRIALS trials, default 52) into runs/<name>; its trainer.max_time applies to each
+#   batch-size group, and the groups run one after another
 #   e.g. OUT=/tmp/out scripts/campaign.sh scripts/campaigns/ptb_table2.txt 480 data.root=.devdata/ptb
 #
 # Afterwards, on the machine with the repository:
@@ -39,15 +42,23 @@ while read -r name args; do
   [[ "$name" == "!prepare" ]] && continue
   [[ -z "$name" || "$name" == \#* ]] && continue
   mkdir -p "$work/runs/$(dirname "$name")"
-  # shellcheck disable=SC2086  # the job's overrides are words
-  python -m bnrnn.train $args trainer.max_time="$max_time" quiet=true "$@" \
-    hydra.run.dir="$work/runs/$name" > "$work/runs/$name.log" 2>&1 &
+  if [[ "$args" == "!grid "* ]]; then
+    read -r _ norm rest <<< "$args"
+    # shellcheck disable=SC2086  # the job's overrides are words
+    python -m bnrnn.population_grid --norm "$norm" --trials "${GRID_TRIALS:-52}" \
+      --sweep-dir "$work/runs/$name" -- $rest trainer.max_time="$max_time" quiet=true "$@" \
+      > "$work/runs/$name.log" 2>&1 &
+  else
+    # shellcheck disable=SC2086  # the job's overrides are words
+    python -m bnrnn.train $args trainer.max_time="$max_time" quiet=true "$@" \
+      hydra.run.dir="$work/runs/$name" > "$work/runs/$name.log" 2>&1 &
+  fi
   pids+=("$!")
 done < "$jobs_file"
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 # small files only (final.json, metrics.jsonl, .hydra/, the logs): never checkpoints
-(cd "$work" && find runs \( -name final.json -o -name metrics.jsonl -o -path '*/.hydra/*' -o -name '*.log' \) -print0 \
+(cd "$work" && find runs \( -name final.json -o -name metrics.jsonl -o -name population_grid.json -o -path '*/.hydra/*' -o -name '*.log' \) -print0 \
    | tar czf "$out/runs.tgz" --null -T -)
 echo "campaign: ${#pids[@]} jobs, archive $out/runs.tgz ($(du -h "$out/runs.tgz" | cut -f1)), exit $status"
 exit $status

@@ -4,6 +4,8 @@ import os
 import subprocess
 import tarfile
 
+import pytest
+
 from tests.helpers import REPO
 
 TINY = ["data.limit_batches=3", "model.hidden_size=8", "trainer.max_epochs=1", "device=cpu", "threads=1"]
@@ -62,4 +64,23 @@ def test_every_prepared_campaign_composes_and_validates(ptb_root):
             if not line.strip() or line.startswith("#"):
                 continue
             name, *overrides = line.split()
+            if overrides[:1] == ["!grid"]:  # bnrnn.population_grid's experiment, per norm
+                overrides = ["experiment=grid_char_rnn", f"model.norm={overrides[1]}", *overrides[2:]]
             validate(make_cfg([*overrides, f"data.root={ptb_root}", "trainer.max_time=480"]))
+
+
+@pytest.mark.slow
+def test_a_grid_job_trains_its_trials_as_populations(tmp_path, ptb_char_root):
+    env_trials = {"GRID_TRIALS": "3"}
+    (tmp_path / "jobs.txt").write_text("grid/none !grid none\n")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "CAMPAIGN_DIR": str(tmp_path / "work"),
+           "NO_MPS": "1", "WANDB_MODE": "disabled", **env_trials}
+    p = subprocess.run([str(REPO / "scripts" / "campaign.sh"), str(tmp_path / "jobs.txt"), "600",
+                        f"data.root={ptb_char_root}", "data.limit_batches=2", "model.hidden_size=8",
+                        "model.embedding_size=8", "trainer.max_epochs=1", "device=cpu", "threads=1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + p.stdout
+    with tarfile.open(tmp_path / "out" / "runs.tgz") as tar:
+        names = set(tar.getnames())
+    assert "runs/grid/none/population_grid.json" in names
+    assert sum(n.endswith("final.json") for n in names) >= 3  # one ordinary run per trial
