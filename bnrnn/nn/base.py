@@ -25,10 +25,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn import fused
 from bnrnn.nn.norms import STATS, SeqBatchNorm, SeqLayerNorm, check_population, leading, per_member
-from bnrnn.nn.variants import VARIANTS, Variant, make_norm
+from bnrnn.nn.variants import VARIANTS, Variant, make_norm, without_bias
 
 INITS = ("pytorch", "uniform", "glorot", "orthogonal")
 BACKENDS = ("auto", "reference", "native", "fused")
@@ -77,6 +78,17 @@ def member_linear(x: Tensor, w: Tensor) -> Tensor:
     return y.view(*xm.shape[:-1], w.shape[1]).movedim(0, -3)
 
 
+def repack(out: Tensor, like: PackedSequence) -> PackedSequence:
+    """A padded output (T, B, F), batch in the original order, as a PackedSequence laid out as
+    ``like`` (its batch sizes and sorting): what ``nn.LSTM`` returns for a packed input."""
+    if like.sorted_indices is not None:
+        out = out.index_select(1, like.sorted_indices)
+    sizes = like.batch_sizes
+    running = torch.arange(out.shape[1])[None, :] < sizes[:, None]  # (T, B): row-major = packed order
+    return PackedSequence(out[running.to(out.device)], sizes, like.sorted_indices,
+                          like.unsorted_indices)
+
+
 class RecurrentLayer(nn.Module):
     """One direction of one layer: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias`` (G*H)
     or None, and the normalization slots ``norm_ih``, ``norm_hh``, ``norm_sum`` (G*H features)
@@ -113,13 +125,22 @@ class RecurrentLayer(nn.Module):
             self.norm_cell = make_norm(variant.cell, hidden_size, stats="frame", **opts)
         self.reset_parameters()
 
+    def gate_shift_name(self) -> str | None:
+        """The name of the pre-activation's additive term: ``bias`` (b), or ``norm_ih.bias`` /
+        ``norm_sum.bias`` (the β of the BN that replaces b); None where there is none."""
+        for name in ("bias", "norm_ih.bias", "norm_sum.bias"):
+            if self.get_parameter_or_none(name) is not None:
+                return name
+        return None
+
+    def get_parameter_or_none(self, name: str) -> Tensor | None:
+        module, _, attr = name.rpartition(".")
+        return getattr(self.get_submodule(module) if module else self, attr, None)
+
     def gate_shift(self) -> Tensor | None:
         """The additive term of the pre-activation: b, or the β of the BN that replaces it."""
-        for candidate in (self.bias, getattr(self.norm_ih, "bias", None),
-                          getattr(self.norm_sum, "bias", None)):
-            if candidate is not None:
-                return candidate
-        return None
+        name = self.gate_shift_name()
+        return None if name is None else self.get_parameter_or_none(name)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -204,10 +225,12 @@ class RecurrentStack(nn.Module):
     norms_allowed: tuple[str, ...]
     n_states: int = 1
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, norm: str = "none", *,
-                 init: str = "pytorch", init_range: float = 0.1, forget_bias: float | None = None,
-                 stats: str = "frame", gamma_init: float | None = None, max_steps: int = 100,
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
+                 norm: str = "none", init: str = "pytorch", init_range: float = 0.1,
+                 forget_bias: float | None = None, stats: str = "frame",
+                 gamma_init: float | None = None, max_steps: int = 100,
                  momentum: float | None = 0.1, eps: float = 1e-5, backend: str = "auto",
                  population: int | None = None):
         super().__init__()
@@ -227,12 +250,23 @@ class RecurrentStack(nn.Module):
         if num_layers < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"{name}: need num_layers >= 1 and 0 <= dropout < 1; got "
                              f"num_layers={num_layers}, dropout={dropout}")
+        if population is not None and batch_first:
+            raise ValueError(f"{name}: batch_first=True with population={population}: a "
+                             f"population's input is time-major (T, M, B, I); transpose it "
+                             f"yourself or use batch_first=False")
+        if proj_size:
+            raise ValueError(f"{name}: proj_size={proj_size} is not supported; use proj_size=0")
         variant = VARIANTS[norm]
         if stats == "sequence" and variant.ih is None:
             raise ValueError(f"{name}: stats='sequence' applies to the input term only, which "
                              f"norm={norm!r} does not normalize (its norms act inside the "
                              f"recurrence, one step at a time): use stats='frame'")
+        if not bias and forget_bias is not None:
+            raise ValueError(f"{name}: forget_bias={forget_bias} with bias=False: without a bias "
+                             f"(nor the batch-norm shift replacing it) there is no forget-gate "
+                             f"bias to set; drop one of them")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.proj_size = bool(bias), bool(batch_first), proj_size
         self.bidirectional, self.dropout, self.norm = bidirectional, dropout, norm
         self.stats, self.backend, self.population = stats, backend, population
         # what else a layer of the same configuration is built from (stack, member)
@@ -242,11 +276,14 @@ class RecurrentStack(nn.Module):
         gamma = variant.gamma if gamma_init is None else gamma_init
         forget = variant.forget_bias if forget_bias is None else forget_bias
         self.layers = nn.ModuleList(
-            self.layer_class(input_size if k == 0 else D * hidden_size, hidden_size, variant,
+            self.layer_class(input_size if k == 0 else D * hidden_size, hidden_size,
+                             without_bias(variant) if not bias else variant,
                              stats=stats, max_steps=max_steps, momentum=momentum, eps=eps,
                              gamma=gamma, init=init, init_range=init_range, forget_bias=forget,
                              population=population)
             for k in range(num_layers) for _ in range(D))
+        if device is not None or dtype is not None:  # nn.LSTM's factory keywords
+            self.to(device=device, dtype=dtype)
 
     @property
     def num_directions(self) -> int:
@@ -257,9 +294,9 @@ class RecurrentStack(nn.Module):
         """The constructor's arguments that build a layer of this configuration (all but
         ``population``)."""
         return dict(input_size=self.input_size, hidden_size=self.hidden_size,
-                    num_layers=self.num_layers, bidirectional=self.bidirectional,
-                    dropout=self.dropout, norm=self.norm, stats=self.stats, backend=self.backend,
-                    **self.options)
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    bidirectional=self.bidirectional, dropout=self.dropout, norm=self.norm,
+                    stats=self.stats, backend=self.backend, **self.options)
 
     @classmethod
     def stack(cls, layers: Sequence["RecurrentStack"]) -> "RecurrentStack":
@@ -333,7 +370,8 @@ class RecurrentStack(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bidirectional={self.bidirectional}, dropout={self.dropout}, norm={self.norm!r}, "
+                + ("" if self.bias else "bias=False, ") + ("batch_first=True, " if self.batch_first else "")
+                + f"bidirectional={self.bidirectional}, dropout={self.dropout}, norm={self.norm!r}, "
                 f"stats={self.stats!r}, backend={self.backend!r}"
                 + ("" if self.population is None else f", population={self.population}"))
 
@@ -356,6 +394,79 @@ class RecurrentStack(nn.Module):
         if compiled and all(fused.refusal_of(layer, x.shape[-2]) is None for layer in self.layers):
             return "fused"
         return "reference"
+
+    # ------------------------------------------------------------------ nn.LSTM / nn.RNN
+    torch_class: type[nn.Module]  # nn.LSTM / nn.RNN
+
+    def torch_arguments(self) -> dict:
+        """The ``torch_class`` constructor arguments of this configuration."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    dropout=self.dropout, bidirectional=self.bidirectional)
+
+    def torch_keys(self):
+        """(torch_class's key suffix, our layer index) of each layer and direction:
+        ``_l{k}`` and ``_l{k}_reverse`` -> ``layers.{k*D + d}``."""
+        D = self.num_directions
+        return [(f"_l{i // D}" + ("_reverse" if i % D else ""), i) for i in range(len(self.layers))]
+
+    def from_torch_keys(self, state_dict: dict, prefix: str = "") -> None:
+        """Rename, in place, ``torch_class`` state-dict keys to ours: ``weight_ih_l{k}[_reverse]``
+        and ``weight_hh_...`` to ``layers.{i}.weight_ih`` / ``weight_hh``, and b_ih + b_hh summed
+        into the layer's one gate shift (b, or the β of the batch norm replacing it). Keys with
+        no counterpart here (biases of a bias=False layer) are left for load_state_dict to report."""
+        for sfx, i in self.torch_keys():
+            ours = f"{prefix}layers.{i}."
+            for w in ("weight_ih", "weight_hh"):
+                if prefix + w + sfx in state_dict:
+                    state_dict[ours + w] = state_dict.pop(prefix + w + sfx)
+            shift = self.layers[i].gate_shift_name()
+            biases = [prefix + b + sfx for b in ("bias_ih", "bias_hh")]
+            if shift is not None and any(b in state_dict for b in biases):
+                state_dict[ours + shift] = sum(state_dict.pop(b) for b in biases if b in state_dict)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also loads a ``torch_class`` state dict (``nn.LSTM``'s keys, :meth:`from_torch_keys`)."""
+        if self.population is None and prefix + "weight_ih_l0" in state_dict:
+            self.from_torch_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, norm: str = "none", **options) -> "RecurrentStack":
+        """A layer of ``module``'s configuration (an ``nn.LSTM`` / ``nn.RNN``), dtype and device
+        with its weights; b = b_ih + b_hh (or into the β replacing b). With ``norm='none'`` it
+        computes what ``module`` computes; for another norm its norms keep their initial values."""
+        if not isinstance(module, cls.torch_class):
+            raise TypeError(f"{cls.__name__}.from_torch: expected an {cls.torch_class.__name__}; "
+                            f"got {type(module).__name__}")
+        weight = module.weight_ih_l0
+        args = {k: getattr(module, k) for k in cls.torch_class_arguments}
+        new = cls(**args, norm=norm, **options).to(weight.device, weight.dtype)
+        converted = dict(module.state_dict())
+        new.from_torch_keys(converted)
+        new.load_state_dict({**new.state_dict(), **converted})
+        return new
+
+    def to_torch(self) -> nn.Module:
+        """This layer as a ``torch_class`` (``nn.LSTM`` / ``nn.RNN``) computing the same function:
+        b_ih = b, b_hh = 0. Only ``norm='none'`` outside a population has one."""
+        name = f"{self._name}.to_torch"
+        if self.norm != "none" or self.population is not None:
+            raise ValueError(f"{name}: {self.torch_class.__name__} has no normalization nor "
+                             f"population; only a norm='none' layer with population=None converts "
+                             f"(got norm={self.norm!r}, population={self.population})")
+        weight = self.layers[0].weight_ih
+        module = self.torch_class(**self.torch_arguments()).to(weight.device, weight.dtype)
+        with torch.no_grad():
+            for sfx, i in self.torch_keys():
+                layer = self.layers[i]
+                getattr(module, "weight_ih" + sfx).copy_(layer.weight_ih)
+                getattr(module, "weight_hh" + sfx).copy_(layer.weight_hh)
+                if self.bias:
+                    getattr(module, "bias_ih" + sfx).copy_(layer.bias)
+                    getattr(module, "bias_hh" + sfx).zero_()
+        module.train(self.training)
+        return module
 
     # ------------------------------------------------------------------ input checks
     def check_forward_args(self, input: Tensor, state: tuple[Tensor, ...] | None,
@@ -380,7 +491,8 @@ class RecurrentStack(nn.Module):
                            f"got {type(input).__name__}")
         rank = 3 if M is None else 4
         if input.dim() != rank:
-            raise BadInput(f"{name}: input must have {rank} dimensions, got {input.dim()} "
+            one = "" if M is not None else " (or 2: one unbatched sequence (T, I))"
+            raise BadInput(f"{name}: input must have {rank} dimensions{one}, got {input.dim()} "
                            f"(expected input {want}; got {tuple(input.shape)})")
         T, B, I = input.shape[0], input.shape[-2], input.shape[-1]
         if M is not None and input.shape[1] != M:
@@ -424,6 +536,8 @@ class RecurrentStack(nn.Module):
     def _shape(self, time, batch, last) -> str:
         """A shape in words: (T, B, I), or (T, M, B, I) with the population size filled in."""
         lead = () if self.population is None else (self.population,)
+        if self.batch_first:  # checked after the transpose; say what the caller passes
+            return f"({batch}, {time}, {last}) (batch_first=True)"
         return f"({', '.join(str(s) for s in (time, *lead, batch, last))})"
 
     def _check_t0(self, t0) -> None:
@@ -492,6 +606,48 @@ class RecurrentStack(nn.Module):
         return lengths, lo
 
     # ------------------------------------------------------------------ forward
+    def forward_forms(self, input: Tensor | PackedSequence, hx: tuple[Tensor, ...] | None,
+                      lengths, t0: int = 0) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
+        """``nn.LSTM``'s input forms around :meth:`run`: a ``PackedSequence`` (lengths from it;
+        the output packed the same way), one unbatched sequence (T, I) with states (L*D, H), or
+        with ``batch_first`` input and output (B, T, ·) (states stay (L*D, B, H), as nn.LSTM's)."""
+        name = self._name
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise BadInput(f"{name}: lengths given with a PackedSequence, which carries its "
+                               f"own lengths; pass one or the other")
+            if self.population is not None:
+                raise BadInput(f"{name}: a population takes a padded (T, M, B, I) input with "
+                               f"lengths (M, B), not a PackedSequence")
+            padded, lengths = nn.utils.rnn.pad_packed_sequence(input)  # original batch order
+            out, state = self.run(padded, hx, lengths, t0)
+            return repack(out, input), state
+        if self.population is None and isinstance(input, Tensor) and input.dim() == 2:
+            if lengths is not None:
+                raise BadInput(f"{name}: lengths given with an unbatched (T, I) input: one "
+                               f"sequence has no padding; drop lengths")
+            if hx is not None:
+                self._check_unbatched_state(hx)
+                hx = tuple(s.unsqueeze(1) for s in hx)
+            out, state = self.run(input.unsqueeze(1), hx, None, t0)
+            return out.squeeze(1), tuple(s.squeeze(1) for s in state)
+        if self.batch_first and isinstance(input, Tensor) and input.dim() == 3:
+            out, state = self.run(input.transpose(0, 1), hx, lengths, t0)
+            return out.transpose(0, 1), state
+        return self.run(input, hx, lengths, t0)
+
+    def _check_unbatched_state(self, hx) -> None:
+        lstm = self.n_states > 1
+        if isinstance(hx, (tuple, list)) and len(hx) == self.n_states:
+            for k, s in enumerate(hx):
+                if isinstance(s, Tensor) and s.dim() != 2:
+                    which = f"hidden[{k}]" if lstm else "hidden"
+                    raise BadInput(f"{self._name}: For unbatched 2-D input, "
+                                   f"{'hx and cx' if lstm else 'hx'} should also be 2-D but got "
+                                   f"{s.dim()}-D {which} of size {list(s.shape)}")
+            return
+        self._check_state(torch.empty(1, 1, self.input_size), hx, False)  # its error
+
     def run(self, input: Tensor, state: tuple[Tensor, ...] | None, lengths: Tensor | None,
             t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
         """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None,
@@ -529,8 +685,10 @@ class RecurrentStack(nn.Module):
         """norm='none' through PyTorch's own RNN kernels (cuDNN on GPU), with our weights."""
         weights = []
         for layer in self.layers:  # nn.LSTM's order: layer-major, direction-minor
-            weights += [layer.weight_ih, layer.weight_hh, layer.bias, torch.zeros_like(layer.bias)]
-        args = (weights, True, self.num_layers, self.dropout, self.training, self.bidirectional)
+            weights += [layer.weight_ih, layer.weight_hh]
+            if self.bias:  # b as b_ih, with b_hh = 0
+                weights += [layer.bias, torch.zeros_like(layer.bias)]
+        args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         hx = lambda states: states if self.n_states > 1 else states[0]  # noqa: E731 (_VF's form)
         with warnings.catch_warnings():
             # cuDNN copies our per-layer weights into its flat buffer at every call (and warns

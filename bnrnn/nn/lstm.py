@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_output, masked_update, member_linear
 from bnrnn.nn.variants import VARIANTS
@@ -101,30 +102,32 @@ class NormLSTM(RecurrentStack):
     n_states = 2
     native_fn = staticmethod(torch._VF.lstm)
 
-    def forward(self, input: Tensor, state: tuple[Tensor, Tensor] | None = None,
-                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        out, (h, c) = self.run(input, state, lengths, t0)
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, norm: str = "none", **options):
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, proj_size=proj_size,
+                         device=device, dtype=dtype, norm=norm, **options)
+
+    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None,
+                lengths: Tensor | None = None, *, t0: int = 0
+                ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        out, (h, c) = self.forward_forms(input, hx, lengths, t0)
         return out, (h, c)
+
+    torch_class = nn.LSTM
+    torch_class_arguments = ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                             "dropout", "bidirectional", "proj_size")
+
+    def torch_arguments(self) -> dict:
+        return {**super().torch_arguments(), "proj_size": self.proj_size}
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM, norm: str = "none", **options) -> "NormLSTM":
-        """A NormLSTM with ``lstm``'s weights (b = b_ih + b_hh, or into the β replacing b).
+        """A NormLSTM with ``lstm``'s configuration and weights (:meth:`from_torch`): with
+        ``norm='none'`` it computes exactly what ``lstm`` computes."""
+        return cls.from_torch(lstm, norm, **options)
 
-        With ``norm='none'`` it computes exactly what ``lstm`` computes.
-        """
-        if lstm.batch_first or lstm.proj_size:
-            raise ValueError("NormLSTM.from_lstm: batch_first and proj_size LSTMs are not supported")
-        new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bidirectional,
-                  lstm.dropout, norm, **options)
-        D = new.num_directions
-        with torch.no_grad():
-            for i, layer in enumerate(new.layers):
-                sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
-                layer.weight_ih.copy_(getattr(lstm, "weight_ih" + sfx))
-                layer.weight_hh.copy_(getattr(lstm, "weight_hh" + sfx))
-                shift = layer.gate_shift()
-                if lstm.bias and shift is not None:
-                    shift.copy_(getattr(lstm, "bias_ih" + sfx) + getattr(lstm, "bias_hh" + sfx))
-                elif shift is not None and not lstm.bias:
-                    shift.zero_()
-        return new.to(lstm.weight_ih_l0.device, lstm.weight_ih_l0.dtype)
+    def to_lstm(self) -> nn.LSTM:
+        """The ``nn.LSTM`` computing what this ``norm='none'`` layer computes (:meth:`to_torch`)."""
+        return self.to_torch()

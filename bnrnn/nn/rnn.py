@@ -14,7 +14,8 @@ step too) and one γ, β shared over time, as in the appendix grid search.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_output, masked_update, member_linear
 
@@ -53,7 +54,32 @@ class NormRNN(RecurrentStack):
     n_states = 1
     native_fn = staticmethod(torch._VF.rnn_tanh)
 
-    def forward(self, input: Tensor, state: Tensor | None = None,
-                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor, Tensor]:
-        out, (h,) = self.run(input, None if state is None else (state,), lengths, t0)
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 norm: str = "none", **options):
+        if nonlinearity != "tanh":
+            raise ValueError(f"NormRNN: nonlinearity={nonlinearity!r} is not supported: the "
+                             f"normalized variants (and their fused kernels) are tanh RNNs, as "
+                             f"in Laurent et al.; use nonlinearity='tanh' (or nn.RNN)")
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, device=device,
+                         dtype=dtype, norm=norm, **options)
+
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None,
+                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor | PackedSequence, Tensor]:
+        out, (h,) = self.forward_forms(input, None if hx is None else (hx,), lengths, t0)
         return out, h
+
+    torch_class = nn.RNN
+    torch_class_arguments = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias",
+                             "batch_first", "dropout", "bidirectional")
+
+    @classmethod
+    def from_rnn(cls, rnn: nn.RNN, norm: str = "none", **options) -> "NormRNN":
+        """A NormRNN with ``rnn``'s configuration and weights (:meth:`from_torch`)."""
+        return cls.from_torch(rnn, norm, **options)
+
+    def to_rnn(self) -> nn.RNN:
+        """The ``nn.RNN`` computing what this ``norm='none'`` layer computes (:meth:`to_torch`)."""
+        return self.to_torch()

@@ -1,0 +1,259 @@
+"""NormLSTM / NormRNN as drop-ins for nn.LSTM / nn.RNN.
+
+With ``norm='none'`` and nn.LSTM's arguments, a layer given nn.LSTM's weights computes nn.LSTM's
+outputs, final states and gradients (w.r.t. the input, the initial state and every weight) to
+1e-12 in float64, on every backend (native ATen, the reference loop, the fused Triton kernels
+under the interpreter), for every input form nn.LSTM takes: a padded tensor, batch_first, a
+PackedSequence (sorted or not; the output packed the same way) and one unbatched sequence. The
+weights are copied by hand here (``copy_weights``), independently of the layer's own converters,
+which ``test_state_dict_*`` check against that copy. The whole matrix is in the slow tier; the
+fast tier runs a subset that still touches every argument, form and backend.
+"""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from bnrnn.nn import VARIANTS, NormLSTM, NormRNN
+
+f64 = torch.float64
+I, H, T, B = 3, 4, 4, 3
+LENGTHS = [2, 4, 3]  # unsorted on purpose
+BACKENDS = ("native", "reference", "fused")
+FORMS = ("padded", "packed", "packed_sorted", "unbatched")
+EXACT = dict(rtol=0, atol=1e-12)
+
+
+def copy_weights(ours, theirs):
+    """theirs' (nn.LSTM / nn.RNN) weights into ours by name, b = b_ih + b_hh."""
+    D = 2 if theirs.bidirectional else 1
+    with torch.no_grad():
+        for i, layer in enumerate(ours.layers):
+            sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
+            layer.weight_ih.copy_(getattr(theirs, "weight_ih" + sfx))
+            layer.weight_hh.copy_(getattr(theirs, "weight_hh" + sfx))
+            if theirs.bias:
+                layer.bias.copy_(getattr(theirs, "bias_ih" + sfx) + getattr(theirs, "bias_hh" + sfx))
+
+
+def twins(kind, args, backend, dtype=f64):
+    """(nn.LSTM or nn.RNN, our layer with its weights), both built from ``args``."""
+    torch.manual_seed(0)
+    theirs = (nn.LSTM if kind == "lstm" else nn.RNN)(I, H, **args).to(dtype).eval()
+    ours = (NormLSTM if kind == "lstm" else NormRNN)(I, H, **args, backend=backend).to(dtype).eval()
+    copy_weights(ours, theirs)
+    return theirs, ours
+
+
+def inputs(kind, args, form, dtype=f64):
+    """(input as nn.LSTM takes it, its leaf tensor, initial states (leaves))."""
+    L, D = args.get("num_layers", 1), 2 if args.get("bidirectional") else 1
+    torch.manual_seed(1)
+    batch = () if form == "unbatched" else (B,)
+    states = [torch.randn(L * D, *batch, H, dtype=dtype, requires_grad=True)
+              for _ in range(2 if kind == "lstm" else 1)]
+    if form == "unbatched":
+        x = torch.randn(T, I, dtype=dtype, requires_grad=True)
+        return x, x, states
+    bf = args.get("batch_first", False)
+    x = torch.randn(*((B, T) if bf else (T, B)), I, dtype=dtype, requires_grad=True)
+    if form == "padded":
+        return x, x, states
+    lengths = torch.tensor(sorted(LENGTHS, reverse=True) if form == "packed_sorted" else LENGTHS)
+    return pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=form == "packed_sorted"), x, states
+
+
+def run(module, kind, x, states):
+    """Outputs (the output tensor, or a packed output's data) and final states, and the
+    gradient of a fixed weighted sum of them w.r.t. everything."""
+    out, last = module(x, tuple(states) if kind == "lstm" else states[0])
+    last = last if kind == "lstm" else (last,)
+    data = out.data if isinstance(out, PackedSequence) else out
+    g = torch.linspace(-1, 1, data.numel(), dtype=data.dtype).view_as(data)
+    ((data * g).sum() + sum((k + 2) * s.square().sum() for k, s in enumerate(last))).backward()
+    return out, last
+
+
+def grads(tensors):
+    out = [t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return out
+
+
+def check_conformance(kind, args, form, backend, dtype=f64):
+    theirs, ours = twins(kind, args, backend, dtype)
+    x, leaf, states = inputs(kind, args, form, dtype)  # the same values twice (seeded), each
+    out_ref, last_ref = run(theirs, kind, x, states)   # with a graph of its own
+    g_ref = grads([leaf, *states])
+    x, leaf, states = inputs(kind, args, form, dtype)
+    out, last = run(ours, kind, x, states)
+    g = grads([leaf, *states])
+    tol = EXACT if dtype == f64 else {}
+    assert type(out) is type(out_ref)
+    if isinstance(out, PackedSequence):
+        for a, b in zip(out[1:], out_ref[1:]):  # batch sizes, sorted and unsorted indices
+            assert (a is None and b is None) or torch.equal(a, b)
+        out, out_ref = out.data, out_ref.data
+    torch.testing.assert_close(out, out_ref, **tol)
+    for a, b in zip((*last, *g), (*last_ref, *g_ref)):
+        torch.testing.assert_close(a, b, **tol)
+    D = 2 if args.get("bidirectional") else 1
+    for i, layer in enumerate(ours.layers):
+        sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
+        torch.testing.assert_close(layer.weight_ih.grad, getattr(theirs, "weight_ih" + sfx).grad, **tol)
+        torch.testing.assert_close(layer.weight_hh.grad, getattr(theirs, "weight_hh" + sfx).grad, **tol)
+        if args.get("bias", True):  # d/db = d/db_ih = d/db_hh
+            torch.testing.assert_close(layer.bias.grad, getattr(theirs, "bias_ih" + sfx).grad, **tol)
+            torch.testing.assert_close(layer.bias.grad, getattr(theirs, "bias_hh" + sfx).grad, **tol)
+        else:
+            assert layer.bias is None
+
+
+def all_args(kind):
+    """Every combination of nn.LSTM's (nn.RNN's) arguments our layers take (dropout: eval)."""
+    names = ("num_layers", "bias", "batch_first", "bidirectional")
+    for values in itertools.product((1, 2), (True, False), (False, True), (False, True)):
+        args = dict(zip(names, values))
+        if args["num_layers"] > 1:
+            args["dropout"] = 0.3  # between layers; the identity in evaluation
+        yield args
+
+
+def arg_id(args):
+    return "-".join(f"{k}={v}" for k, v in args.items())
+
+
+# a subset touching every argument, every form and every backend
+FAST = [
+    ("lstm", dict(num_layers=2, bidirectional=True, dropout=0.3), "packed", "native"),
+    ("lstm", dict(num_layers=2, bidirectional=True), "packed", "reference"),
+    ("lstm", dict(bidirectional=True, batch_first=True), "packed", "fused"),
+    ("lstm", dict(bias=False, batch_first=True), "padded", "native"),
+    ("lstm", dict(bias=False, batch_first=True, num_layers=2), "padded", "reference"),
+    ("lstm", dict(bias=False), "packed_sorted", "fused"),
+    ("lstm", dict(num_layers=2), "unbatched", "native"),
+    ("lstm", dict(bidirectional=True), "unbatched", "reference"),
+    ("lstm", dict(), "unbatched", "fused"),
+    ("rnn", dict(num_layers=2, bidirectional=True, batch_first=True), "packed", "native"),
+    ("rnn", dict(bias=False, bidirectional=True), "packed", "reference"),
+    ("rnn", dict(batch_first=True), "unbatched", "fused"),
+]
+
+
+@pytest.mark.parametrize("kind, args, form, backend", FAST,
+                         ids=[f"{k}-{arg_id(a)}-{f}-{b}" for k, a, f, b in FAST])
+def test_conformance_fast(kind, args, form, backend):
+    check_conformance(kind, args, form, backend)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_conformance_matrix(kind, form, backend):
+    for args in all_args(kind):
+        check_conformance(kind, args, form, backend)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_conformance_float32(backend):
+    """float32 within float32's rounding (the fused kernels' fp32 runs on GPU, tests/test_fused.py)."""
+    check_conformance("lstm", dict(num_layers=2, bidirectional=True, batch_first=True), "packed",
+                      backend, torch.float32)
+
+
+def test_dropout_in_training_is_nn_lstms():
+    """Native, dropout between layers in training is ATen's own, so the same seed drops the
+    same units as nn.LSTM."""
+    theirs, ours = twins("lstm", dict(num_layers=3, dropout=0.5), "native")
+    theirs.train(), ours.train()
+    x = torch.randn(T, B, I, dtype=f64)
+    torch.manual_seed(5)
+    ref = theirs(x)[0]
+    torch.manual_seed(5)
+    torch.testing.assert_close(ours(x)[0], ref, **EXACT)
+
+
+def test_positional_arguments_are_nn_lstms():
+    """(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+    device, dtype) for NormLSTM, nn.RNN's order (with nonlinearity) for NormRNN."""
+    m = NormLSTM(3, 4, 2, False, True, 0.25, True, 0, "cpu", f64)
+    assert (m.num_layers, m.bias, m.batch_first, m.dropout, m.bidirectional, m.proj_size) == (2, False, True, 0.25, True, 0)
+    assert all(p.dtype == f64 for p in m.parameters()) and m.layers[0].bias is None
+    r = NormRNN(3, 4, 2, "tanh", False, True, 0.25, True, "cpu", f64)
+    assert (r.num_layers, r.bias, r.batch_first, r.dropout, r.bidirectional) == (2, False, True, 0.25, True)
+    assert all(p.dtype == f64 for p in r.parameters())
+    assert NormLSTM(32, 64, num_layers=2, norm="bn_recurrent").norm == "bn_recurrent"  # the README's call
+    with pytest.raises(TypeError):
+        NormLSTM(3, 4, 1, True, False, 0.0, False, 0, None, None, "bn_input")  # norm is keyword-only
+
+
+# ----------------------------------------------------------------------------- the normalized variants
+def variant(norm, backend="reference", **kw):
+    torch.manual_seed(0)
+    m = NormLSTM(I, H, 2, norm=norm, backend=backend, **kw).double()
+    with torch.no_grad():  # non-trivial γ/β and statistics so that any mix-up shows
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.rand_like(p))
+        for name, b in m.named_buffers():
+            if "running_mean" in name:
+                b.normal_()
+    return m
+
+
+@pytest.mark.parametrize("norm", [n for n in VARIANTS if n != "none"])
+def test_input_forms_of_every_variant(norm):
+    """batch_first is the transpose, a PackedSequence is ``lengths`` (training: batch
+    statistics over the real frames), an unbatched sequence is a batch of one (evaluation:
+    a batch norm cannot train on one sequence)."""
+    ref, bf = variant(norm), variant(norm, batch_first=True)
+    x, lengths = torch.randn(T, B, I, dtype=f64), torch.tensor(LENGTHS)
+    out, (h, c) = ref(x, lengths=lengths)
+    out_bf, (h_bf, c_bf) = bf(x.transpose(0, 1), lengths=lengths)
+    torch.testing.assert_close(out_bf, out.transpose(0, 1), **EXACT)
+    torch.testing.assert_close(h_bf, h, **EXACT)
+    packed, (h_p, c_p) = ref(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    torch.testing.assert_close(pad_packed_sequence(packed, total_length=T)[0], out, **EXACT)
+    torch.testing.assert_close(h_p, h, **EXACT)
+    torch.testing.assert_close(c_p, c, **EXACT)
+    ref.eval()
+    h0 = torch.randn(2, H, dtype=f64), torch.randn(2, H, dtype=f64)
+    one, (h1, c1) = ref(x[:, 0], h0)
+    batch, (hb, cb) = ref(x[:, :1], tuple(s[:, None] for s in h0))
+    assert one.shape == (T, H) and h1.shape == (2, H)
+    torch.testing.assert_close(one, batch[:, 0], **EXACT)
+    torch.testing.assert_close(h1, hb[:, 0], **EXACT)
+    torch.testing.assert_close(c1, cb[:, 0], **EXACT)
+
+
+@pytest.mark.parametrize("norm", ["bn_input", "bn_sum"])
+def test_bias_false_removes_the_shift_replacing_b(norm):
+    """No additive gate term at all: neither b nor the β of the batch norm replacing it
+    (N_cell's β_c, not a gate's, stays)."""
+    layer = NormLSTM(I, H, bias=False, norm=norm).layers[0]
+    assert layer.bias is None and layer.gate_shift() is None
+    assert NormLSTM(I, H, bias=False, norm="bn_recurrent").layers[0].norm_cell.bias is not None
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="nonlinearity='relu' is not supported"):
+        NormRNN(I, H, nonlinearity="relu")
+    with pytest.raises(ValueError, match="batch_first=True with population=2"):
+        NormLSTM(I, H, batch_first=True, population=2)
+    with pytest.raises(ValueError, match="forget_bias=1.0 with bias=False"):
+        NormLSTM(I, H, bias=False, forget_bias=1.0)
+    m = NormLSTM(I, H, backend="reference").double()
+    x = torch.randn(T, B, I, dtype=f64)
+    with pytest.raises(ValueError, match="lengths given with a PackedSequence"):
+        m(pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False), lengths=torch.tensor(LENGTHS))
+    with pytest.raises(ValueError, match="lengths given with an unbatched"):
+        m(x[:, 0], lengths=torch.tensor([2]))
+    with pytest.raises(RuntimeError, match="For unbatched 2-D input, hx and cx should also be 2-D but got 3-D"):
+        m(x[:, 0], (torch.zeros(1, 1, H, dtype=f64),) * 2)
+    pop = NormLSTM(I, H, population=2, backend="reference").double()
+    with pytest.raises(ValueError, match="not a PackedSequence"):
+        pop(pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False))
