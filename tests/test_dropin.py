@@ -257,3 +257,97 @@ def test_refusals():
     pop = NormLSTM(I, H, population=2, backend="reference").double()
     with pytest.raises(ValueError, match="not a PackedSequence"):
         pop(pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False))
+
+
+# ----------------------------------------------------------------------------- state dicts
+def torch_twin_args():
+    return [dict(num_layers=2, bidirectional=True), dict(bias=False, batch_first=True)]
+
+
+@pytest.mark.parametrize("args", torch_twin_args(), ids=arg_id)
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_state_dict_of_torch_loads_and_converts_back(kind, args):
+    """nn.LSTM's state dict loads as it is (b_ih + b_hh into b); to_torch() gives the nn.LSTM
+    back (b_ih = b, b_hh = 0), from_torch() ours with nn.LSTM's configuration."""
+    theirs, by_hand = twins(kind, args, "reference")
+    cls = NormLSTM if kind == "lstm" else NormRNN
+    loaded = cls(I, H, **args, backend="reference").double()
+    loaded.load_state_dict(theirs.state_dict())
+    converted = cls.from_lstm(theirs) if kind == "lstm" else cls.from_rnn(theirs)
+    for other in (loaded, converted):
+        assert other.state_dict().keys() == by_hand.state_dict().keys()
+        for key, value in by_hand.state_dict().items():
+            torch.testing.assert_close(other.state_dict()[key], value, **EXACT)
+    assert converted.configuration() == {**by_hand.configuration(), "backend": "auto"}
+    back = loaded.to_lstm() if kind == "lstm" else loaded.to_rnn()
+    assert type(back) is type(theirs) and back.state_dict().keys() == theirs.state_dict().keys()
+    if args.get("bias", True):
+        assert torch.equal(back.bias_hh_l0, torch.zeros_like(back.bias_hh_l0))
+    x = torch.randn(T, B, I, dtype=f64)
+    torch.testing.assert_close(back(x)[0], theirs(x)[0], **EXACT)
+
+
+def test_from_lstm_puts_the_bias_into_the_shift_replacing_it():
+    lstm = nn.LSTM(I, H).double()
+    for norm, shift in (("bn_input", "norm_ih"), ("bn_sum", "norm_sum"), ("ln", None)):
+        layer = NormLSTM.from_lstm(lstm, norm=norm).layers[0]
+        got = layer.bias if shift is None else getattr(layer, shift).bias
+        torch.testing.assert_close(got, lstm.bias_ih_l0 + lstm.bias_hh_l0, **EXACT)
+        torch.testing.assert_close(layer.weight_hh, lstm.weight_hh_l0, **EXACT)
+
+
+@pytest.mark.parametrize("norm", list(VARIANTS))
+def test_state_dict_round_trip_of_every_variant(norm):
+    """Parameters and population statistics survive state_dict -> load_state_dict."""
+    m = variant(norm)
+    fresh = NormLSTM(I, H, 2, norm=norm, backend="reference").double()
+    fresh.load_state_dict(m.state_dict())
+    x = torch.randn(T, B, I, dtype=f64)
+    for mode in (False, True):
+        m.train(mode), fresh.train(mode)
+        torch.testing.assert_close(fresh(x)[0], m(x)[0], **EXACT)
+
+
+def test_state_dict_refusals():
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*bias_ih_l0"):
+        NormLSTM(I, H, bias=False).load_state_dict(nn.LSTM(I, H).state_dict())
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*layers.0.bias"):
+        NormLSTM(I, H).load_state_dict(nn.LSTM(I, H, bias=False).state_dict())
+    with pytest.raises(ValueError, match="only a norm='none' layer with population=None converts"):
+        NormLSTM(I, H, norm="bn_input").to_lstm()
+    with pytest.raises(TypeError, match="expected an LSTM; got RNN"):
+        NormLSTM.from_torch(nn.RNN(I, H))
+
+
+# ----------------------------------------------------------------------------- a script, unchanged
+def nn_lstm_script(LSTM, weights):
+    """What a script written for torch.nn.LSTM does (positional arguments, batch_first, a packed
+    batch, a backward pass, unbatched decoding); only the class it is given changes."""
+    lstm = LSTM(I, H, 2, True, True, 0.0, True, dtype=f64)
+    lstm.load_state_dict(weights)
+    torch.manual_seed(3)
+    x = torch.randn(B, T, I, dtype=f64, requires_grad=True)
+    packed = pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=True, enforce_sorted=False)
+    out, (h, c) = lstm(packed)
+    out, lengths = pad_packed_sequence(out, batch_first=True)
+    loss = out.square().sum() + h.sum() + c.square().sum()
+    loss.backward()
+    lstm.eval()
+    with torch.no_grad():
+        decoded, state = lstm(torch.randn(T, I, dtype=f64))
+        decoded, _ = lstm(torch.randn(1, I, dtype=f64), state)
+    grads = {k: p.grad for k, p in lstm.named_parameters()}
+    return loss.detach(), x.grad, decoded, lengths, grads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_nn_lstm_script_runs_unchanged(backend):
+    weights = nn.LSTM(I, H, 2, True, True, 0.0, True, dtype=f64).state_dict()
+    ref = nn_lstm_script(nn.LSTM, weights)
+    got = nn_lstm_script(lambda *a, **kw: NormLSTM(*a, **kw, backend=backend), weights)
+    for a, b in zip(got[:4], ref[:4]):
+        torch.testing.assert_close(a, b, **EXACT)
+    for key, grad in got[4].items():  # layers.{i}.bias: the gradient of b_ih and of b_hh
+        i, name = int(key.split(".")[1]), key.split(".")[2]
+        sfx = f"_l{i // 2}" + ("_reverse" if i % 2 else "")
+        torch.testing.assert_close(grad, ref[4][("bias_ih" if name == "bias" else name) + sfx], **EXACT)
