@@ -9,6 +9,7 @@ weights are copied by hand here (``copy_weights``), independently of the layer's
 which ``test_state_dict_*`` check against that copy. The whole matrix is in the slow tier; the
 fast tier runs a subset that still touches every argument, form and backend.
 """
+import copy
 import itertools
 
 import pytest
@@ -351,3 +352,58 @@ def test_an_nn_lstm_script_runs_unchanged(backend):
         i, name = int(key.split(".")[1]), key.split(".")[2]
         sfx = f"_l{i // 2}" + ("_reverse" if i % 2 else "")
         torch.testing.assert_close(grad, ref[4][("bias_ih" if name == "bias" else name) + sfx], **EXACT)
+
+
+# ----------------------------------------------------------------------------- one step at a time
+STEP_CASES = ([("lstm", n, "reference", mode) for n in VARIANTS for mode in ("train", "eval")]
+              + [("rnn", n, "reference", mode) for n in NormRNN.norms_allowed for mode in ("train", "eval")]
+              + [("lstm", "bn_recurrent", "fused", "train")]
+              + [pytest.param(*c, marks=pytest.mark.slow) for c in (
+                  ("lstm", "bn_recurrent", "fused", "eval"), ("rnn", "bn_sum", "fused", "train"),
+                  ("rnn", "bn_sum", "fused", "eval"), ("lstm", "ln", "fused", "train"))])
+
+
+@pytest.mark.parametrize("kind, norm, backend, mode", STEP_CASES)
+def test_steps_compute_the_sequence_call(kind, norm, backend, mode):
+    """step(x_t, state, t) for t = 0 .. T-1 gives the sequence call's outputs, final states,
+    gradients and (training) updated population statistics, past T_max too."""
+    cls = NormLSTM if kind == "lstm" else NormRNN
+    torch.manual_seed(0)
+    seq = cls(I, H, 2, norm=norm, backend=backend, max_steps=T - 1).double().train(mode == "train")
+    with torch.no_grad():
+        for name, b in seq.named_buffers():
+            if "running_mean" in name:
+                b.normal_()
+    steps = copy.deepcopy(seq)
+    x = torch.randn(T, B, I, dtype=f64)
+    h0 = torch.randn(2, B, H, dtype=f64)
+    hx = (h0, torch.randn(2, B, H, dtype=f64)) if kind == "lstm" else h0
+    out, last = seq(x, hx)
+    outs, state = [], hx
+    for t in range(T):
+        y, state = steps.step(x[t], state, t)
+        assert y.shape == (B, H)
+        outs.append(y)
+    got = (torch.stack(outs), *(state if kind == "lstm" else (state,)))
+    want = (out, *(last if kind == "lstm" else (last,)))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **EXACT)
+    sum(s.square().sum() for s in got).backward()
+    sum(s.square().sum() for s in want).backward()
+    for (name, p), q in zip(steps.named_parameters(), seq.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, **EXACT, msg=name)
+    for (name, b), c in zip(steps.named_buffers(), seq.buffers()):
+        torch.testing.assert_close(b, c, **EXACT, msg=name)
+
+
+def test_step_forms_and_refusals():
+    m = NormLSTM(I, H, batch_first=True, backend="reference").double().eval()
+    x = torch.randn(B, T, I, dtype=f64)
+    out, _ = m(x)
+    y, state = m.step(x[:, 0])  # batch_first does not apply to one step
+    torch.testing.assert_close(y, out[:, 0], **EXACT)
+    y1, (h1, c1) = m.step(x[0, 1], tuple(s[:, 0] for s in state), t=1)  # one unbatched sequence
+    assert y1.shape == (H,) and h1.shape == (1, H)
+    torch.testing.assert_close(y1, out[0, 1], **EXACT)
+    with pytest.raises(ValueError, match="bidirectional layer's reverse direction"):
+        NormLSTM(I, H, bidirectional=True).step(x[:, 0].float())

@@ -636,6 +636,26 @@ class RecurrentStack(nn.Module):
             return out.transpose(0, 1), state
         return self.run(input, hx, lengths, t0)
 
+    def step_forms(self, x_t: Tensor, hx: tuple[Tensor, ...] | None,
+                   t: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One time step of the sequence call, for decoding and online inference: x_t (B, I),
+        or (I,) for one unbatched sequence ((M, B, I) in a population), is time step ``t`` ->
+        the top layer's output (B, H) ((H,), (M, B, H)) and the states, as ``forward`` gives
+        them. Exactly ``forward(x_t[None], hx, t0=t)`` (``batch_first`` does not apply: x_t has
+        no time axis), so a loop of steps computes the sequence call; dropout between layers
+        draws a new mask at each step. Unidirectional only."""
+        name = f"{self._name}.step"
+        if self.bidirectional:
+            raise BadInput(f"{name}: a bidirectional layer's reverse direction reads the sequence "
+                           f"from its end; run the whole sequence through forward()")
+        if not isinstance(x_t, Tensor):
+            raise BadInput(f"{name}: x_t must be a Tensor (B, I); got {type(x_t).__name__}")
+        if self.population is None and x_t.dim() == 1:
+            out, state = self.forward_forms(x_t[None], hx, None, t)  # unbatched (1, I)
+            return out[0], state
+        out, state = self.run(x_t[None], hx, None, t)
+        return out[0], state
+
     def _check_unbatched_state(self, hx) -> None:
         lstm = self.n_states > 1
         if isinstance(hx, (tuple, list)) and len(hx) == self.n_states:

@@ -115,6 +115,13 @@ class NormLSTM(RecurrentStack):
         out, (h, c) = self.forward_forms(input, hx, lengths, t0)
         return out, (h, c)
 
+    def step(self, x_t: Tensor, hx: tuple[Tensor, Tensor] | None = None, t: int = 0
+             ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One time step: x_t (B, I) at absolute step t, hx (h, c) each (L, B, H) or None ->
+        output (B, H), (h, c); equal to the sequence call step by step (``step_forms``)."""
+        out, (h, c) = self.step_forms(x_t, hx, t)
+        return out, (h, c)
+
     torch_class = nn.LSTM
     torch_class_arguments = ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
                              "dropout", "bidirectional", "proj_size")

@@ -71,6 +71,12 @@ class NormRNN(RecurrentStack):
         out, (h,) = self.forward_forms(input, None if hx is None else (hx,), lengths, t0)
         return out, h
 
+    def step(self, x_t: Tensor, hx: Tensor | None = None, t: int = 0) -> tuple[Tensor, Tensor]:
+        """One time step: x_t (B, I) at absolute step t, hx (L, B, H) or None -> output (B, H),
+        h; equal to the sequence call step by step (``step_forms``)."""
+        out, (h,) = self.step_forms(x_t, None if hx is None else (hx,), t)
+        return out, h
+
     torch_class = nn.RNN
     torch_class_arguments = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias",
                              "batch_first", "dropout", "bidirectional")
