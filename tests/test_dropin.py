@@ -407,3 +407,24 @@ def test_step_forms_and_refusals():
     torch.testing.assert_close(y1, out[0, 1], **EXACT)
     with pytest.raises(ValueError, match="bidirectional layer's reverse direction"):
         NormLSTM(I, H, bidirectional=True).step(x[:, 0].float())
+
+
+# ----------------------------------------------------------------------------- initialisation
+@pytest.mark.parametrize("norm", list(VARIANTS))
+def test_forget_bias_sets_the_forget_block_of_every_variants_shift(norm):
+    """forget_bias=v sets the f block of the gate shift (b, or the β replacing it) and nothing
+    else: the same seed without it draws every other value the same."""
+    torch.manual_seed(0)
+    plain = NormLSTM(I, H, norm=norm, forget_bias=0.0).layers[0]
+    torch.manual_seed(0)
+    layer = NormLSTM(I, H, norm=norm, forget_bias=1.5).layers[0]
+    shift, base = layer.gate_shift(), plain.gate_shift()
+    assert torch.all(shift[H:2 * H] == 1.5)
+    keep = torch.ones(4 * H, dtype=torch.bool)
+    keep[H:2 * H] = False
+    assert torch.equal(shift[keep], base[keep])
+    default = NormLSTM(I, H, norm=norm).layers[0].gate_shift()[H:2 * H]
+    if norm == "bn_recurrent":  # Cooijmans et al.'s code
+        assert torch.all(default == 1.0)
+    with pytest.raises(ValueError, match="a tanh RNN has no forget gate"):
+        NormRNN(I, H, forget_bias=1.0)

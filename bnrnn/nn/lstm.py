@@ -65,8 +65,10 @@ class NormLSTM(RecurrentStack):
         norm: ``none | bn_input | bn_recurrent | ln | bn_sum``.
         init: ``pytorch`` (nn.LSTM's U(±1/sqrt(H))), ``uniform`` (U(±init_range), Zaremba et
             al.), ``glorot`` (per gate, zero bias: Laurent et al.), ``orthogonal`` (Cooijmans).
-        forget_bias: forget-gate block of b (or of the β replacing it); default per variant
-            (1 for bn_recurrent, as in Cooijmans' code; otherwise what ``init`` gives).
+        forget_bias: the forget-gate block of b (or of the β replacing it), for every variant
+            (``ln`` included); default per variant: 1 for bn_recurrent (Cooijmans' code),
+            otherwise what ``init`` gives (``forget_bias=1.0`` for ``ln`` is TensorFlow's
+            LayerNormBasicLSTMCell; README "Initialisation" tabulates every variant).
         stats: BN statistics of the input term: ``frame`` (per time step; language models,
             which must not see the future) or ``sequence`` (over batch and time, real frames
             only; speech). Norms inside the recurrence are always frame-wise.

@@ -62,6 +62,9 @@ class NormRNN(RecurrentStack):
             raise ValueError(f"NormRNN: nonlinearity={nonlinearity!r} is not supported: the "
                              f"normalized variants (and their fused kernels) are tanh RNNs, as "
                              f"in Laurent et al.; use nonlinearity='tanh' (or nn.RNN)")
+        if options.get("forget_bias") is not None:
+            raise ValueError("NormRNN: forget_bias is the LSTM's forget-gate bias; a tanh RNN has "
+                             "no forget gate: drop it")
         super().__init__(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
                          dropout=dropout, bidirectional=bidirectional, device=device,
                          dtype=dtype, norm=norm, **options)
