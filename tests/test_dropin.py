@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from bnrnn.nn import VARIANTS, NormLSTM, NormRNN
+from tests import brute
 
 f64 = torch.float64
 I, H, T, B = 3, 4, 4, 3
@@ -37,6 +38,8 @@ def copy_weights(ours, theirs):
             layer.weight_hh.copy_(getattr(theirs, "weight_hh" + sfx))
             if theirs.bias:
                 layer.bias.copy_(getattr(theirs, "bias_ih" + sfx) + getattr(theirs, "bias_hh" + sfx))
+            if getattr(theirs, "proj_size", 0):
+                layer.weight_hr.copy_(getattr(theirs, "weight_hr" + sfx))
 
 
 def twins(kind, args, backend, dtype=f64):
@@ -53,8 +56,8 @@ def inputs(kind, args, form, dtype=f64):
     L, D = args.get("num_layers", 1), 2 if args.get("bidirectional") else 1
     torch.manual_seed(1)
     batch = () if form == "unbatched" else (B,)
-    states = [torch.randn(L * D, *batch, H, dtype=dtype, requires_grad=True)
-              for _ in range(2 if kind == "lstm" else 1)]
+    sizes = (args.get("proj_size") or H, H) if kind == "lstm" else (H,)
+    states = [torch.randn(L * D, *batch, size, dtype=dtype, requires_grad=True) for size in sizes]
     if form == "unbatched":
         x = torch.randn(T, I, dtype=dtype, requires_grad=True)
         return x, x, states
@@ -106,6 +109,8 @@ def check_conformance(kind, args, form, backend, dtype=f64):
         sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
         torch.testing.assert_close(layer.weight_ih.grad, getattr(theirs, "weight_ih" + sfx).grad, **tol)
         torch.testing.assert_close(layer.weight_hh.grad, getattr(theirs, "weight_hh" + sfx).grad, **tol)
+        if args.get("proj_size"):
+            torch.testing.assert_close(layer.weight_hr.grad, getattr(theirs, "weight_hr" + sfx).grad, **tol)
         if args.get("bias", True):  # d/db = d/db_ih = d/db_hh
             torch.testing.assert_close(layer.bias.grad, getattr(theirs, "bias_ih" + sfx).grad, **tol)
             torch.testing.assert_close(layer.bias.grad, getattr(theirs, "bias_hh" + sfx).grad, **tol)
@@ -113,13 +118,17 @@ def check_conformance(kind, args, form, backend, dtype=f64):
             assert layer.bias is None
 
 
-def all_args(kind):
-    """Every combination of nn.LSTM's (nn.RNN's) arguments our layers take (dropout: eval)."""
-    names = ("num_layers", "bias", "batch_first", "bidirectional")
-    for values in itertools.product((1, 2), (True, False), (False, True), (False, True)):
+def all_args(kind, backend):
+    """Every combination of nn.LSTM's (nn.RNN's) arguments our layers take on ``backend``
+    (dropout: evaluation; proj_size: not on the fused kernels, which refuse it)."""
+    names = ("num_layers", "bias", "batch_first", "bidirectional", "proj_size")
+    projections = (0, 2) if kind == "lstm" and backend != "fused" else (0,)
+    for values in itertools.product((1, 2), (True, False), (False, True), (False, True), projections):
         args = dict(zip(names, values))
         if args["num_layers"] > 1:
             args["dropout"] = 0.3  # between layers; the identity in evaluation
+        if not args["proj_size"]:
+            del args["proj_size"]
         yield args
 
 
@@ -138,6 +147,9 @@ FAST = [
     ("lstm", dict(num_layers=2), "unbatched", "native"),
     ("lstm", dict(bidirectional=True), "unbatched", "reference"),
     ("lstm", dict(), "unbatched", "fused"),
+    ("lstm", dict(proj_size=2, num_layers=2, bidirectional=True), "packed", "native"),
+    ("lstm", dict(proj_size=2, num_layers=2, bias=False, batch_first=True), "padded", "reference"),
+    ("lstm", dict(proj_size=3), "unbatched", "native"),
     ("rnn", dict(num_layers=2, bidirectional=True, batch_first=True), "packed", "native"),
     ("rnn", dict(bias=False, bidirectional=True), "packed", "reference"),
     ("rnn", dict(batch_first=True), "unbatched", "fused"),
@@ -155,7 +167,7 @@ def test_conformance_fast(kind, args, form, backend):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("kind", ["lstm", "rnn"])
 def test_conformance_matrix(kind, form, backend):
-    for args in all_args(kind):
+    for args in all_args(kind, backend):
         check_conformance(kind, args, form, backend)
 
 
@@ -261,12 +273,12 @@ def test_refusals():
 
 
 # ----------------------------------------------------------------------------- state dicts
-def torch_twin_args():
-    return [dict(num_layers=2, bidirectional=True), dict(bias=False, batch_first=True)]
+TWIN_ARGS = [(kind, args) for kind in ("lstm", "rnn")
+             for args in (dict(num_layers=2, bidirectional=True), dict(bias=False, batch_first=True))]
+TWIN_ARGS.append(("lstm", dict(num_layers=2, bidirectional=True, proj_size=2)))
 
 
-@pytest.mark.parametrize("args", torch_twin_args(), ids=arg_id)
-@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+@pytest.mark.parametrize("kind, args", TWIN_ARGS, ids=[f"{k}-{arg_id(a)}" for k, a in TWIN_ARGS])
 def test_state_dict_of_torch_loads_and_converts_back(kind, args):
     """nn.LSTM's state dict loads as it is (b_ih + b_hh into b); to_torch() gives the nn.LSTM
     back (b_ih = b, b_hh = 0), from_torch() ours with nn.LSTM's configuration."""
@@ -428,3 +440,54 @@ def test_forget_bias_sets_the_forget_block_of_every_variants_shift(norm):
         assert torch.all(default == 1.0)
     with pytest.raises(ValueError, match="a tanh RNN has no forget gate"):
         NormRNN(I, H, forget_bias=1.0)
+
+
+# ----------------------------------------------------------------------------- proj_size
+@pytest.mark.parametrize("norm", list(VARIANTS))
+def test_projection_of_every_variant_matches_brute_force(norm):
+    """h_t = W_hr (σ(o) tanh(N_cell(c_t))) (nn.LSTM's proj_size), W_h (4H, P), in training
+    with padding; states (L, B, P) and (L, B, H)."""
+    torch.manual_seed(0)
+    m = NormLSTM(I, H, proj_size=2, norm=norm, backend="reference").double()
+    x, lengths = torch.randn(T, B, I, dtype=f64), torch.tensor(LENGTHS)
+    mask = torch.arange(T)[:, None] < lengths[None]
+    h0, c0 = torch.randn(1, B, 2, dtype=f64), torch.randn(1, B, H, dtype=f64)
+    out, (h, c) = m(x, (h0, c0), lengths=lengths)
+    want, h_b, c_b = brute.lstm_layer(m.layers[0], x, h0[0], c0[0], mask)
+    assert out.shape == (T, B, 2) and h.shape == (1, B, 2) and c.shape == (1, B, H)
+    for a, b in ((out, want), (h[0], h_b), (c[0], c_b)):
+        torch.testing.assert_close(a, b, **EXACT)
+    steps, state = [], (h0, c0)  # the step API carries the projected h too
+    m.eval()
+    out, _ = m(x, (h0, c0))
+    for t in range(T):
+        y, state = m.step(x[t], state, t)
+        steps.append(y)
+    torch.testing.assert_close(torch.stack(steps), out, **EXACT)
+
+
+def test_projection_backends():
+    """The fused kernels refuse a projection at construction; auto falls back to cuDNN/ATen
+    for norm='none' and to the reference loop for the others, wherever kernels would run."""
+    with pytest.raises(ValueError, match="backend='fused' has no kernel for proj_size > 0"):
+        NormLSTM(I, H, proj_size=2, norm="bn_recurrent", backend="fused")
+    x = torch.randn(T, B, I)
+    assert NormLSTM(I, H, proj_size=2).resolve_backend(x, compiled=True) == "native"
+    assert NormLSTM(I, H, proj_size=2, norm="ln").resolve_backend(x, compiled=True) == "reference"
+    assert NormLSTM(I, H, norm="ln").resolve_backend(x, compiled=True) == "fused"
+    for bad in (H, -1, 1.5):
+        with pytest.raises(ValueError, match=r"proj_size must be an int in \[0, hidden_size\)"):
+            NormLSTM(I, H, proj_size=bad)
+
+
+def test_a_population_of_projected_layers_is_its_members():
+    torch.manual_seed(0)
+    members = [NormLSTM(I, H, 2, proj_size=2, norm="bn_recurrent", backend="reference").double() for _ in range(2)]
+    pop = NormLSTM.stack(members)
+    x = torch.randn(T, 2, B, I, dtype=f64)
+    out, (h, c) = pop(x, lengths=torch.tensor(LENGTHS))
+    for m, member in enumerate(members):
+        want, (hm, cm) = member(x[:, m], lengths=torch.tensor(LENGTHS))
+        for a, b in ((out[:, m], want), (h[:, m], hm), (c[:, m], cm)):
+            torch.testing.assert_close(a, b, **EXACT)
+    assert pop.member(1).layers[1].weight_hr.shape == (2, H)

@@ -90,8 +90,9 @@ def repack(out: Tensor, like: PackedSequence) -> PackedSequence:
 
 
 class RecurrentLayer(nn.Module):
-    """One direction of one layer: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias`` (G*H)
-    or None, and the normalization slots ``norm_ih``, ``norm_hh``, ``norm_sum`` (G*H features)
+    """One direction of one layer: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, R), ``bias`` (G*H)
+    or None, ``weight_hr`` (P, H) or None (an LSTM's output projection, ``proj_size`` P; R = P with
+    one, else H), and the normalization slots ``norm_ih``, ``norm_hh``, ``norm_sum`` (G*H features)
     and, for cells with a memory, ``norm_cell`` (H), G gates per unit (4 for the LSTM, 1 for tanh).
     With ``population=M`` each parameter and buffer has a leading axis M, and activations an
     axis M before the batch (module doc).
@@ -106,15 +107,16 @@ class RecurrentLayer(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, variant: Variant, *, stats: str,
                  max_steps: int, momentum: float | None, eps: float, gamma: float,
                  init: str, init_range: float, forget_bias: float | None,
-                 population: int | None = None):
+                 population: int | None = None, proj_size: int = 0):
         super().__init__()
         self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.init, self.init_range, self.forget_bias = init, init_range, forget_bias
         self.population = population
         G, lead = self.gates * hidden_size, leading(population)
         self.weight_ih = nn.Parameter(torch.empty(*lead, G, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(*lead, G, hidden_size))
+        self.weight_hh = nn.Parameter(torch.empty(*lead, G, proj_size or hidden_size))
         self.bias = nn.Parameter(torch.empty(*lead, G)) if variant.bias else None
+        self.weight_hr = nn.Parameter(torch.empty(*lead, proj_size, hidden_size)) if proj_size else None
         opts = dict(max_steps=max_steps, momentum=momentum, eps=eps, gamma=gamma,
                     population=population)
         # N_ih sees whole sequences (frame- or sequence-wise); the others act per step (frame-wise).
@@ -157,7 +159,7 @@ class RecurrentLayer(nn.Module):
         weights = (self.weight_ih, self.weight_hh)
         if self.init in ("pytorch", "uniform"):
             r = 1.0 / math.sqrt(H) if self.init == "pytorch" else self.init_range
-            for p in (*weights, self.bias):
+            for p in (*weights, self.bias, self.weight_hr):
                 if p is not None:
                     nn.init.uniform_(p, -r, r)
         else:
@@ -168,6 +170,9 @@ class RecurrentLayer(nn.Module):
                         fill(member[g * H:(g + 1) * H])
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
+            if self.weight_hr is not None:  # one matrix, not per gate
+                for member in (self.weight_hr,) if self.population is None else self.weight_hr.unbind(0):
+                    fill(member)
         for norm in self.norms():
             if hasattr(norm, "reset_parameters"):
                 norm.reset_parameters()
@@ -254,8 +259,13 @@ class RecurrentStack(nn.Module):
             raise ValueError(f"{name}: batch_first=True with population={population}: a "
                              f"population's input is time-major (T, M, B, I); transpose it "
                              f"yourself or use batch_first=False")
-        if proj_size:
-            raise ValueError(f"{name}: proj_size={proj_size} is not supported; use proj_size=0")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+            raise ValueError(f"{name}: proj_size must be an int in [0, hidden_size) (nn.LSTM's "
+                             f"rule); got proj_size={proj_size!r}, hidden_size={hidden_size}")
+        if proj_size and backend == "fused":
+            raise ValueError(f"{name}: backend='fused' has no kernel for proj_size > 0 (its step "
+                             f"kernel writes h = σ(o) tanh(c) unprojected); use backend='auto' "
+                             f"(cuDNN for norm='none', else the reference loop) or 'reference'")
         variant = VARIANTS[norm]
         if stats == "sequence" and variant.ih is None:
             raise ValueError(f"{name}: stats='sequence' applies to the input term only, which "
@@ -275,12 +285,13 @@ class RecurrentStack(nn.Module):
         D = 2 if bidirectional else 1
         gamma = variant.gamma if gamma_init is None else gamma_init
         forget = variant.forget_bias if forget_bias is None else forget_bias
+        extra = dict(proj_size=proj_size) if proj_size else {}  # the tanh RNN has none
         self.layers = nn.ModuleList(
-            self.layer_class(input_size if k == 0 else D * hidden_size, hidden_size,
+            self.layer_class(input_size if k == 0 else D * (proj_size or hidden_size), hidden_size,
                              without_bias(variant) if not bias else variant,
                              stats=stats, max_steps=max_steps, momentum=momentum, eps=eps,
                              gamma=gamma, init=init, init_range=init_range, forget_bias=forget,
-                             population=population)
+                             population=population, **extra)
             for k in range(num_layers) for _ in range(D))
         if device is not None or dtype is not None:  # nn.LSTM's factory keywords
             self.to(device=device, dtype=dtype)
@@ -289,6 +300,15 @@ class RecurrentStack(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def output_size(self) -> int:
+        """The size of h and of each direction's output: proj_size P where there is one, else H."""
+        return self.proj_size or self.hidden_size
+
+    def state_sizes(self) -> tuple[int, ...]:
+        """The last size of each state: (P or H, H) for the LSTM, (H,) for the tanh RNN."""
+        return (self.output_size, self.hidden_size)[:self.n_states]
+
     # ------------------------------------------------------------------ populations
     def configuration(self) -> dict:
         """The constructor's arguments that build a layer of this configuration (all but
@@ -296,7 +316,8 @@ class RecurrentStack(nn.Module):
         return dict(input_size=self.input_size, hidden_size=self.hidden_size,
                     num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                     bidirectional=self.bidirectional, dropout=self.dropout, norm=self.norm,
-                    stats=self.stats, backend=self.backend, **self.options)
+                    stats=self.stats, backend=self.backend, **self.options,
+                    **({"proj_size": self.proj_size} if self.proj_size else {}))
 
     @classmethod
     def stack(cls, layers: Sequence["RecurrentStack"]) -> "RecurrentStack":
@@ -371,6 +392,7 @@ class RecurrentStack(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 + ("" if self.bias else "bias=False, ") + ("batch_first=True, " if self.batch_first else "")
+                + (f"proj_size={self.proj_size}, " if self.proj_size else "")
                 + f"bidirectional={self.bidirectional}, dropout={self.dropout}, norm={self.norm!r}, "
                 f"stats={self.stats!r}, backend={self.backend!r}"
                 + ("" if self.population is None else f", population={self.population}"))
@@ -417,7 +439,7 @@ class RecurrentStack(nn.Module):
         no counterpart here (biases of a bias=False layer) are left for load_state_dict to report."""
         for sfx, i in self.torch_keys():
             ours = f"{prefix}layers.{i}."
-            for w in ("weight_ih", "weight_hh"):
+            for w in ("weight_ih", "weight_hh", "weight_hr"):
                 if prefix + w + sfx in state_dict:
                     state_dict[ours + w] = state_dict.pop(prefix + w + sfx)
             shift = self.layers[i].gate_shift_name()
@@ -465,6 +487,8 @@ class RecurrentStack(nn.Module):
                 if self.bias:
                     getattr(module, "bias_ih" + sfx).copy_(layer.bias)
                     getattr(module, "bias_hh" + sfx).zero_()
+                if layer.weight_hr is not None:
+                    getattr(module, "weight_hr" + sfx).copy_(layer.weight_hr)
         module.train(self.training)
         return module
 
@@ -554,7 +578,8 @@ class RecurrentStack(nn.Module):
         name = self._name
         B = input.shape[-2]
         lead = () if self.population is None else (self.population,)
-        expected = (self.num_layers * self.num_directions, *lead, B, self.hidden_size)
+        shapes = [(self.num_layers * self.num_directions, *lead, B, size) for size in self.state_sizes()]
+        expected = shapes[0] if len(set(shapes)) == 1 else f"{shapes[0]} and {shapes[1]}"
         lstm = self.n_states > 1
         if not isinstance(state, (tuple, list)) or len(state) != self.n_states or \
                 not all(isinstance(s, Tensor) for s in state):
@@ -570,8 +595,8 @@ class RecurrentStack(nn.Module):
             if s.dim() != rank:
                 raise BadInput(f"{name}: For batched {rank}-D input, {'hx and cx' if lstm else 'hx'} "
                                f"should also be {rank}-D but got {s.dim()}-D {which} of size {list(s.shape)}")
-            if tuple(s.shape) != expected:
-                raise BadInput(f"{name}: Expected {which} size {expected}, got {list(s.shape)}")
+            if tuple(s.shape) != shapes[k]:
+                raise BadInput(f"{name}: Expected {which} size {shapes[k]}, got {list(s.shape)}")
             if s.device != input.device:
                 raise BadInput(f"{name}: Input and hidden tensors are not at the same device, found "
                                f"input tensor at {input.device} and {which} tensor at {s.device}")
@@ -676,10 +701,10 @@ class RecurrentStack(nn.Module):
         -> (T, M, B, D*H), (L*D, M, B, H)."""
         lengths = self.check_forward_args(input, state, lengths, t0)
         T, B = input.shape[0], input.shape[-2]
-        D, H = self.num_directions, self.hidden_size
+        D = self.num_directions
         if state is None:
-            zeros = input.new_zeros(self.num_layers * D, *leading(self.population), B, H)
-            state = (zeros,) * self.n_states
+            state = tuple(input.new_zeros(self.num_layers * D, *leading(self.population), B, size)
+                          for size in self.state_sizes())
         backend = self.resolve_backend(input)
         if backend == "native":
             return self.native_forward(input, state, lengths)
@@ -708,6 +733,8 @@ class RecurrentStack(nn.Module):
             weights += [layer.weight_ih, layer.weight_hh]
             if self.bias:  # b as b_ih, with b_hh = 0
                 weights += [layer.bias, torch.zeros_like(layer.bias)]
+            if layer.weight_hr is not None:  # ATen sees the projection from h0's size
+                weights.append(layer.weight_hr)
         args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         hx = lambda states: states if self.n_states > 1 else states[0]  # noqa: E731 (_VF's form)
         with warnings.catch_warnings():

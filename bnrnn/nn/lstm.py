@@ -40,7 +40,8 @@ class LSTMLayer(RecurrentLayer):
         p[t] is time step t0 + t (the per-step statistics it uses). A population's shapes:
         (T, M, B, 4H), (M, B, H), (T, M, B); member m's rows see only member m's weights.
         Returns the outputs (T, B, H) (zeros at padded steps) and the final (h, c), frozen
-        after each sequence's last real frame.
+        after each sequence's last real frame; with ``weight_hr`` (proj_size P) h and the
+        outputs are of size P.
         """
         h, c = state
         outs = []
@@ -51,6 +52,8 @@ class LSTMLayer(RecurrentLayer):
             i, f, g, o = a.chunk(4, dim=-1)
             c_t = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h_t = torch.sigmoid(o) * torch.tanh(self.norm_cell.step(c_t, s, m))
+            if self.weight_hr is not None:  # proj_size: h_t = W_hr (σ(o) tanh(N_cell(c_t)))
+                h_t = member_linear(h_t, self.weight_hr)
             h, c = masked_update(m, h_t, h), masked_update(m, c_t, c)
             outs.append(masked_output(m, h_t))
         return torch.stack(outs), (h, c)
@@ -59,9 +62,11 @@ class LSTMLayer(RecurrentLayer):
 class NormLSTM(RecurrentStack):
     """A stacked (bidirectional) LSTM with one of the normalization variants in the table above.
 
-    Args:
-        input_size, hidden_size, num_layers, bidirectional, dropout: as ``nn.LSTM`` (dropout
-            on the outputs of every layer but the last).
+    Args (``nn.LSTM``'s, in its order; the rest keyword-only):
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device, dtype: as ``nn.LSTM`` (dropout on the outputs of every layer but
+            the last; ``bias=False`` also drops the β of a BN replacing b; ``proj_size`` P > 0:
+            h_t = W_hr (σ(o) tanh(N_cell(c_t))), on the native and reference backends).
         norm: ``none | bn_input | bn_recurrent | ln | bn_sum``.
         init: ``pytorch`` (nn.LSTM's U(±1/sqrt(H))), ``uniform`` (U(±init_range), Zaremba et
             al.), ``glorot`` (per gate, zero bias: Laurent et al.), ``orthogonal`` (Cooijmans).
@@ -80,10 +85,14 @@ class NormLSTM(RecurrentStack):
         population: None (an ordinary layer), or M: a population of M independent layers of
             this configuration run side by side (below; docs/population.md).
 
-    ``forward(input (T, B, I), state=None | (h0, c0) each (L*D, B, H), lengths=None | (B,),
-    *, t0=0)`` returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``. With ``lengths``, the
-    state stays frozen after each sequence's end, the reverse direction reads each sequence's
-    real frames only, outputs at padded steps are zero and no statistic sees padding.
+    ``forward(input (T, B, I), hx=None | (h0, c0) each (L*D, B, H), lengths=None | (B,),
+    *, t0=0)`` returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``, and takes its other
+    input forms too: (B, T, I) with ``batch_first``, one unbatched (T, I) sequence (states
+    (L*D, H)), a ``PackedSequence`` (output packed alike). With a projection h, h0 and the
+    output have P features instead of H. With ``lengths``, the state stays frozen after each
+    sequence's end, the reverse direction reads each sequence's real frames only, outputs at
+    padded steps are zero and no statistic sees padding. ``step(x_t, hx, t)`` is one time step.
+    An ``nn.LSTM`` state dict loads as it is (b = b_ih + b_hh); ``from_lstm`` / ``to_lstm``.
 
     Streaming: ``t0`` is the absolute time step of ``input[0]``. A long sequence run in chunks,
     each with the previous chunk's final state and its own ``t0``, computes what the whole

@@ -43,9 +43,11 @@ class TanhLayer(RecurrentLayer):
 class NormRNN(RecurrentStack):
     """A stacked (bidirectional) tanh RNN, ``norm`` in ``none | bn_input | bn_sum``.
 
-    Arguments as :class:`~bnrnn.nn.lstm.NormLSTM`. ``forward(input (T, B, I), state=None |
-    h0 (L*D, B, H), lengths=None | (B,), *, t0=0)`` returns ``output (T, B, D*H), h_n
-    (L*D, B, H)`` like ``nn.RNN``; ``t0`` (streaming chunks) and ``population=M`` (input
+    ``nn.RNN``'s arguments in its order (``nonlinearity='tanh'`` only), the rest keyword-only
+    as :class:`~bnrnn.nn.lstm.NormLSTM`'s. ``forward(input (T, B, I), hx=None | h0 (L*D, B, H),
+    lengths=None | (B,), *, t0=0)`` returns ``output (T, B, D*H), h_n (L*D, B, H)`` like
+    ``nn.RNN``, with its input forms (batch_first, unbatched, PackedSequence) and state dicts
+    (``from_rnn`` / ``to_rnn``); ``step(x_t, hx, t)`` is one time step; ``t0`` (streaming chunks) and ``population=M`` (input
     (T, M, B, I), h0 (L*D, M, B, H), lengths (M, B) or (B,)) as NormLSTM's.
     """
 
