@@ -11,6 +11,7 @@ fast tier runs a subset that still touches every argument, form and backend.
 """
 import copy
 import itertools
+import re
 
 import pytest
 import torch
@@ -491,3 +492,12 @@ def test_a_population_of_projected_layers_is_its_members():
         for a, b in ((out[:, m], want), (h[:, m], hm), (c[:, m], cm)):
             torch.testing.assert_close(a, b, **EXACT)
     assert pop.member(1).layers[1].weight_hr.shape == (2, H)
+
+
+def test_batch_first_errors_show_the_shape_given():
+    m = NormLSTM(I, H, batch_first=True, backend="reference").double()
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"expected input (B, T, {I}) (batch_first=True); got ({B}, {T}, 5)")):
+        m(torch.randn(B, T, 5, dtype=f64))
+    with pytest.raises(RuntimeError, match=re.escape(f"must be (B,)=({B},) in [1, {T}]")):
+        m(torch.randn(B, T, I, dtype=f64), lengths=torch.tensor([T + 1, 1, 1]))

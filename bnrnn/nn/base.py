@@ -494,7 +494,7 @@ class RecurrentStack(nn.Module):
 
     # ------------------------------------------------------------------ input checks
     def check_forward_args(self, input: Tensor, state: tuple[Tensor, ...] | None,
-                           lengths, t0: int = 0) -> Tensor | None:
+                           lengths, t0: int = 0, batch_first: bool = False) -> Tensor | None:
         """Refuse a bad ``input``, ``state``, ``lengths`` or ``t0`` before any work, on every backend.
 
         cuDNN/ATen and the Triton kernels index memory by the shapes they are given, so a
@@ -506,29 +506,33 @@ class RecurrentStack(nn.Module):
         Cost: shape, dtype and device checks read only metadata. The range check of
         ``lengths`` reads its minimum and maximum in one transfer, and only when ``lengths``
         is given (a CUDA ``lengths`` costs that one sync; a list or CPU tensor none).
+        ``batch_first``: the caller gave ``input.transpose(0, 1)``; messages show its shapes.
         """
         name, M = self._name, self.population
         self._check_t0(t0)
-        want = self._shape("T", "B", self.input_size)
+        want = self._shape("T", "B", self.input_size, batch_first)
         if not isinstance(input, Tensor):
-            raise BadInput(f"{name}: input must be a Tensor {self._shape('T', 'B', 'I')}; "
+            raise BadInput(f"{name}: input must be a Tensor {self._shape('T', 'B', 'I', batch_first)}; "
                            f"got {type(input).__name__}")
+        given = tuple(input.shape)
+        if batch_first and input.dim() >= 2:
+            given = (given[1], given[0], *given[2:])
         rank = 3 if M is None else 4
         if input.dim() != rank:
             one = "" if M is not None else " (or 2: one unbatched sequence (T, I))"
             raise BadInput(f"{name}: input must have {rank} dimensions{one}, got {input.dim()} "
-                           f"(expected input {want}; got {tuple(input.shape)})")
+                           f"(expected input {want}; got {given})")
         T, B, I = input.shape[0], input.shape[-2], input.shape[-1]
         if M is not None and input.shape[1] != M:
             raise BadInput(f"{name}: input.size(1) must be the population size {M}, one slice "
-                           f"per member (expected input {want}; got {tuple(input.shape)})")
+                           f"per member (expected input {want}; got {given})")
         if I != self.input_size:
             raise BadInput(f"{name}: input.size(-1) must be equal to input_size. Expected "
                            f"{self.input_size}, got {I} (expected input {want}; "
-                           f"got {tuple(input.shape)})")
+                           f"got {given})")
         if T < 1 or B < 1:
             raise BadInput(f"{name}: input must hold at least one time step and one sequence; "
-                           f"got size {self._shape('T', 'B', 'I')} = {tuple(input.shape)}")
+                           f"got size {self._shape('T', 'B', 'I', batch_first)} = {given}")
         if not input.is_floating_point():
             raise BadInput(f"{name}: input must be a floating-point tensor; got {input.dtype}")
         weight = self.layers[0].weight_ih
@@ -545,7 +549,7 @@ class RecurrentStack(nn.Module):
             self._check_state(input, state, autocast)
         lo = T  # the shortest sequence
         if lengths is not None:
-            lengths, lo = self._check_lengths(lengths, T, B)
+            lengths, lo = self._check_lengths(lengths, T, B, batch_first)
         if B == 1:  # only a batch of one can leave a batch norm one value per channel
             for module in self.modules():
                 if isinstance(module, SeqBatchNorm):
@@ -557,10 +561,10 @@ class RecurrentStack(nn.Module):
             lengths = torch.as_tensor(lengths, device=input.device)
         return lengths
 
-    def _shape(self, time, batch, last) -> str:
+    def _shape(self, time, batch, last, batch_first: bool = False) -> str:
         """A shape in words: (T, B, I), or (T, M, B, I) with the population size filled in."""
         lead = () if self.population is None else (self.population,)
-        if self.batch_first:  # checked after the transpose; say what the caller passes
+        if batch_first:  # checked after the transpose; say what the caller passes
             return f"({batch}, {time}, {last}) (batch_first=True)"
         return f"({', '.join(str(s) for s in (time, *lead, batch, last))})"
 
@@ -604,7 +608,7 @@ class RecurrentStack(nn.Module):
                 raise BadInput(f"{name}: {which} dtype ({s.dtype}) must be the input's "
                                f"({input.dtype})")
 
-    def _check_lengths(self, lengths, T: int, B: int) -> tuple[Tensor, int]:
+    def _check_lengths(self, lengths, T: int, B: int, batch_first: bool = False) -> tuple[Tensor, int]:
         """lengths as a tensor ((M, B) for a population) and its minimum."""
         name, M = self._name, self.population
         shapes = f"(B,) = ({B},)" if M is None else \
@@ -624,7 +628,7 @@ class RecurrentStack(nn.Module):
         lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # one transfer for both bounds
         if lo < 1 or hi > T:
             form = f"(B,)=({B},)" if lengths.dim() == 1 else f"(M, B)=({M}, {B})"
-            raise BadInput(f"{name}: lengths must be {form} in [1, {T}] (T = input.size(0); "
+            raise BadInput(f"{name}: lengths must be {form} in [1, {T}] (T = input.size({int(batch_first)}); "
                            f"any order); got {lengths.tolist()}")
         if M is not None and lengths.dim() == 1:
             lengths = lengths.expand(M, B)
@@ -657,9 +661,9 @@ class RecurrentStack(nn.Module):
             out, state = self.run(input.unsqueeze(1), hx, None, t0)
             return out.squeeze(1), tuple(s.squeeze(1) for s in state)
         if self.batch_first and isinstance(input, Tensor) and input.dim() == 3:
-            out, state = self.run(input.transpose(0, 1), hx, lengths, t0)
+            out, state = self.run(input.transpose(0, 1), hx, lengths, t0, batch_first=True)
             return out.transpose(0, 1), state
-        return self.run(input, hx, lengths, t0)
+        return self.run(input, hx, lengths, t0, batch_first=self.batch_first)  # refused there
 
     def step_forms(self, x_t: Tensor, hx: tuple[Tensor, ...] | None,
                    t: int) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -694,12 +698,13 @@ class RecurrentStack(nn.Module):
         self._check_state(torch.empty(1, 1, self.input_size), hx, False)  # its error
 
     def run(self, input: Tensor, state: tuple[Tensor, ...] | None, lengths: Tensor | None,
-            t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+            t0: int = 0, batch_first: bool = False) -> tuple[Tensor, tuple[Tensor, ...]]:
         """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None,
         t0 the time step of input[0] -> output (T, B, D*H) (zeros at padded steps), final state
         tuple of (L*D, B, H). With a population: (T, M, B, I), (L*D, M, B, H), (M, B) or (B,)
-        -> (T, M, B, D*H), (L*D, M, B, H)."""
-        lengths = self.check_forward_args(input, state, lengths, t0)
+        -> (T, M, B, D*H), (L*D, M, B, H). ``batch_first``: for the messages only
+        (:meth:`check_forward_args`)."""
+        lengths = self.check_forward_args(input, state, lengths, t0, batch_first)
         T, B = input.shape[0], input.shape[-2]
         D = self.num_directions
         if state is None:
