@@ -501,3 +501,73 @@ def test_batch_first_errors_show_the_shape_given():
         m(torch.randn(B, T, 5, dtype=f64))
     with pytest.raises(RuntimeError, match=re.escape(f"must be (B,)=({B},) in [1, {T}]")):
         m(torch.randn(B, T, I, dtype=f64), lengths=torch.tensor([T + 1, 1, 1]))
+
+
+# ----------------------------------------------------------------------------- training, split_bias
+def nn_training_script(RNN, weights, kind):
+    """A few SGD steps (momentum, weight decay) of a script written for nn.LSTM / nn.RNN;
+    returns the losses and the trained weights as a state dict of ``RNN``."""
+    model = RNN(I, H, 2, batch_first=True, bidirectional=True, dtype=f64)
+    model.load_state_dict(weights)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.01)
+    torch.manual_seed(4)
+    losses = []
+    for _ in range(3):
+        x = torch.randn(B, T, I, dtype=f64)
+        out, last = model(pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=True,
+                                               enforce_sorted=False))
+        h = last[0] if kind == "lstm" else last
+        loss = pad_packed_sequence(out, batch_first=True)[0].square().mean() + h.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return torch.stack(losses), model
+
+
+@pytest.mark.parametrize("backend", ["native", "reference",
+                                     pytest.param("fused", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_split_bias_trains_as_nn_lstm(kind, backend):
+    """split_bias=True keeps nn.LSTM's b_ih and b_hh, so optimizer steps (not only gradients)
+    are nn.LSTM's: same losses, same trained weights. With one b (the default) the gradients
+    are equal but an SGD step moves b_ih + b_hh twice as far as b, which the last lines show."""
+    torch_cls, cls = (nn.LSTM, NormLSTM) if kind == "lstm" else (nn.RNN, NormRNN)
+    weights = torch_cls(I, H, 2, batch_first=True, bidirectional=True, dtype=f64).state_dict()
+    ref, trained = nn_training_script(torch_cls, weights, kind)
+    make = lambda *a, **kw: cls(*a, **kw, backend=backend, split_bias=True)  # noqa: E731
+    got, ours = nn_training_script(make, weights, kind)
+    torch.testing.assert_close(got, ref, **EXACT)
+    assert {"layers.0.bias_ih", "layers.0.bias_hh"} <= ours.state_dict().keys()
+    theirs = ours.to_torch().state_dict()
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(theirs[key], value, **EXACT, msg=key)
+    one_b, _ = nn_training_script(lambda *a, **kw: cls(*a, **kw, backend=backend), weights, kind)
+    torch.testing.assert_close(one_b[0], ref[0], **EXACT)
+    assert not torch.allclose(one_b[1:], ref[1:], rtol=0, atol=1e-9)
+
+
+def test_split_bias_parameters_and_refusals():
+    layer = NormLSTM(I, H, split_bias=True, forget_bias=1.0).layers[0]
+    assert layer.bias is None and {"bias_ih", "bias_hh"} <= dict(layer.named_parameters()).keys()
+    assert torch.all(layer.gate_bias()[H:2 * H] == 1.0)  # b_ih + b_hh is the forget bias
+    ln = NormLSTM(I, H, norm="ln", split_bias=True)  # b beside the layer norms, split too
+    lstm = nn.LSTM(I, H).double()
+    ln.double().load_state_dict({**ln.state_dict(), **{k: v for k, v in lstm.state_dict().items()}}, strict=False)
+    torch.testing.assert_close(ln.layers[0].bias_hh, lstm.bias_hh_l0, **EXACT)
+    for kw, why in ((dict(norm="bn_input"), "norm='bn_input' has no b"), (dict(bias=False), "but bias=False")):
+        with pytest.raises(ValueError, match=re.escape(why)):
+            NormLSTM(I, H, split_bias=True, **kw)
+
+
+def test_a_population_steps_as_its_sequence_call():
+    pop = NormLSTM(I, H, 2, norm="bn_sum", population=2, backend="reference").double()
+    x = torch.randn(T, 2, B, I, dtype=f64)
+    out, last = pop(x)
+    state, outs = None, []
+    for t in range(T):
+        y, state = pop.step(x[t], state, t)
+        outs.append(y)
+    torch.testing.assert_close(torch.stack(outs), out, **EXACT)
+    for a, b in zip(state, last):
+        torch.testing.assert_close(a, b, **EXACT)

@@ -107,7 +107,7 @@ class RecurrentLayer(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, variant: Variant, *, stats: str,
                  max_steps: int, momentum: float | None, eps: float, gamma: float,
                  init: str, init_range: float, forget_bias: float | None,
-                 population: int | None = None, proj_size: int = 0):
+                 population: int | None = None, proj_size: int = 0, split_bias: bool = False):
         super().__init__()
         self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.init, self.init_range, self.forget_bias = init, init_range, forget_bias
@@ -115,7 +115,12 @@ class RecurrentLayer(nn.Module):
         G, lead = self.gates * hidden_size, leading(population)
         self.weight_ih = nn.Parameter(torch.empty(*lead, G, input_size))
         self.weight_hh = nn.Parameter(torch.empty(*lead, G, proj_size or hidden_size))
-        self.bias = nn.Parameter(torch.empty(*lead, G)) if variant.bias else None
+        # split_bias: nn.LSTM's two copies b = b_ih + b_hh (each gets b's gradient, so an
+        # optimizer moves b as nn.LSTM's does); otherwise the one b
+        split = variant.bias and split_bias
+        self.bias = nn.Parameter(torch.empty(*lead, G)) if variant.bias and not split else None
+        self.bias_ih = nn.Parameter(torch.empty(*lead, G)) if split else None
+        self.bias_hh = nn.Parameter(torch.empty(*lead, G)) if split else None
         self.weight_hr = nn.Parameter(torch.empty(*lead, proj_size, hidden_size)) if proj_size else None
         opts = dict(max_steps=max_steps, momentum=momentum, eps=eps, gamma=gamma,
                     population=population)
@@ -130,7 +135,7 @@ class RecurrentLayer(nn.Module):
     def gate_shift_name(self) -> str | None:
         """The name of the pre-activation's additive term: ``bias`` (b), or ``norm_ih.bias`` /
         ``norm_sum.bias`` (the β of the BN that replaces b); None where there is none."""
-        for name in ("bias", "norm_ih.bias", "norm_sum.bias"):
+        for name in ("bias", "bias_ih", "norm_ih.bias", "norm_sum.bias"):
             if self.get_parameter_or_none(name) is not None:
                 return name
         return None
@@ -159,7 +164,7 @@ class RecurrentLayer(nn.Module):
         weights = (self.weight_ih, self.weight_hh)
         if self.init in ("pytorch", "uniform"):
             r = 1.0 / math.sqrt(H) if self.init == "pytorch" else self.init_range
-            for p in (*weights, self.bias, self.weight_hr):
+            for p in (*weights, self.bias, self.bias_ih, self.bias_hh, self.weight_hr):
                 if p is not None:
                     nn.init.uniform_(p, -r, r)
         else:
@@ -168,8 +173,9 @@ class RecurrentLayer(nn.Module):
                 for member in (w,) if self.population is None else w.unbind(0):  # views
                     for g in range(self.gates):
                         fill(member[g * H:(g + 1) * H])
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+            for b in (self.bias, self.bias_ih, self.bias_hh):
+                if b is not None:
+                    nn.init.zeros_(b)
             if self.weight_hr is not None:  # one matrix, not per gate
                 for member in (self.weight_hr,) if self.population is None else self.weight_hr.unbind(0):
                     fill(member)
@@ -179,6 +185,8 @@ class RecurrentLayer(nn.Module):
         shift = self.gate_shift()
         if self.forget_bias is not None and shift is not None and self.gates == 4:
             shift[..., H:2 * H] = self.forget_bias
+            if self.bias_hh is not None:  # the sum b_ih + b_hh is the forget bias
+                self.bias_hh[..., H:2 * H] = 0.0
 
     def norms(self) -> list[nn.Module]:
         return [self.norm_ih, self.norm_hh, self.norm_sum] + ([self.norm_cell] if self.has_cell else [])
@@ -187,7 +195,12 @@ class RecurrentLayer(nn.Module):
         """N_ih(W_x x) + b for all time steps at once: x (T, [M,] B, I) -> (T, [M,] B, G*H);
         x[t] is time step t0 + t."""
         p = self.norm_ih(member_linear(x, self.weight_ih), mask, t0)
-        return p + per_member(self.bias) if self.bias is not None else p
+        b = self.gate_bias()
+        return p + per_member(b) if b is not None else p
+
+    def gate_bias(self) -> Tensor | None:
+        """b (G*H), or b_ih + b_hh with ``split_bias``; None where the layer has none."""
+        return self.bias if self.bias_ih is None else self.bias_ih + self.bias_hh
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
                 backend: str, t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -204,7 +217,7 @@ class RecurrentLayer(nn.Module):
 
     def extra_repr(self) -> str:
         members = "" if self.population is None else f", population={self.population}"
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}{members}"
+        return f"{self.input_size}, {self.hidden_size}, bias={self.gate_bias() is not None}{members}"
 
 
 def masked_update(m: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
@@ -237,7 +250,7 @@ class RecurrentStack(nn.Module):
                  forget_bias: float | None = None, stats: str = "frame",
                  gamma_init: float | None = None, max_steps: int = 100,
                  momentum: float | None = 0.1, eps: float = 1e-5, backend: str = "auto",
-                 population: int | None = None):
+                 population: int | None = None, split_bias: bool = False):
         super().__init__()
         name = type(self).__name__
         check_population(name, population)
@@ -271,6 +284,10 @@ class RecurrentStack(nn.Module):
             raise ValueError(f"{name}: stats='sequence' applies to the input term only, which "
                              f"norm={norm!r} does not normalize (its norms act inside the "
                              f"recurrence, one step at a time): use stats='frame'")
+        if split_bias and not (bias and variant.bias):
+            why = "bias=False" if not bias else f"norm={norm!r} has no b (the β of its batch norm replaces it)"
+            raise ValueError(f"{name}: split_bias=True keeps nn.LSTM's two copies b_ih, b_hh of "
+                             f"the bias b, but {why}; drop split_bias")
         if not bias and forget_bias is not None:
             raise ValueError(f"{name}: forget_bias={forget_bias} with bias=False: without a bias "
                              f"(nor the batch-norm shift replacing it) there is no forget-gate "
@@ -281,11 +298,13 @@ class RecurrentStack(nn.Module):
         self.stats, self.backend, self.population = stats, backend, population
         # what else a layer of the same configuration is built from (stack, member)
         self.options = dict(init=init, init_range=init_range, forget_bias=forget_bias,
-                            gamma_init=gamma_init, max_steps=max_steps, momentum=momentum, eps=eps)
+                            gamma_init=gamma_init, max_steps=max_steps, momentum=momentum, eps=eps,
+                            split_bias=split_bias)
         D = 2 if bidirectional else 1
         gamma = variant.gamma if gamma_init is None else gamma_init
         forget = variant.forget_bias if forget_bias is None else forget_bias
         extra = dict(proj_size=proj_size) if proj_size else {}  # the tanh RNN has none
+        extra.update(split_bias=split_bias)
         self.layers = nn.ModuleList(
             self.layer_class(input_size if k == 0 else D * (proj_size or hidden_size), hidden_size,
                              without_bias(variant) if not bias else variant,
@@ -434,8 +453,9 @@ class RecurrentStack(nn.Module):
 
     def from_torch_keys(self, state_dict: dict, prefix: str = "") -> None:
         """Rename, in place, ``torch_class`` state-dict keys to ours: ``weight_ih_l{k}[_reverse]``
-        and ``weight_hh_...`` to ``layers.{i}.weight_ih`` / ``weight_hh``, and b_ih + b_hh summed
-        into the layer's one gate shift (b, or the β of the batch norm replacing it). Keys with
+        and ``weight_hh_...`` (``weight_hr_...``) to ``layers.{i}.weight_ih`` / ``weight_hh``
+        (``weight_hr``), and b_ih + b_hh summed into the layer's one gate shift (b, or the β of
+        the batch norm replacing it), or kept as they are with ``split_bias``. Keys with
         no counterpart here (biases of a bias=False layer) are left for load_state_dict to report."""
         for sfx, i in self.torch_keys():
             ours = f"{prefix}layers.{i}."
@@ -444,7 +464,11 @@ class RecurrentStack(nn.Module):
                     state_dict[ours + w] = state_dict.pop(prefix + w + sfx)
             shift = self.layers[i].gate_shift_name()
             biases = [prefix + b + sfx for b in ("bias_ih", "bias_hh")]
-            if shift is not None and any(b in state_dict for b in biases):
+            if self.layers[i].bias_ih is not None:  # split_bias: nn.LSTM's own two
+                for b in ("bias_ih", "bias_hh"):
+                    if prefix + b + sfx in state_dict:
+                        state_dict[ours + b] = state_dict.pop(prefix + b + sfx)
+            elif shift is not None and any(b in state_dict for b in biases):
                 state_dict[ours + shift] = sum(state_dict.pop(b) for b in biases if b in state_dict)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -471,7 +495,8 @@ class RecurrentStack(nn.Module):
 
     def to_torch(self) -> nn.Module:
         """This layer as a ``torch_class`` (``nn.LSTM`` / ``nn.RNN``) computing the same function:
-        b_ih = b, b_hh = 0. Only ``norm='none'`` outside a population has one."""
+        b_ih = b, b_hh = 0 (with ``split_bias``, its own b_ih and b_hh). Only ``norm='none'``
+        outside a population has one."""
         name = f"{self._name}.to_torch"
         if self.norm != "none" or self.population is not None:
             raise ValueError(f"{name}: {self.torch_class.__name__} has no normalization nor "
@@ -484,7 +509,10 @@ class RecurrentStack(nn.Module):
                 layer = self.layers[i]
                 getattr(module, "weight_ih" + sfx).copy_(layer.weight_ih)
                 getattr(module, "weight_hh" + sfx).copy_(layer.weight_hh)
-                if self.bias:
+                if layer.bias_ih is not None:
+                    getattr(module, "bias_ih" + sfx).copy_(layer.bias_ih)
+                    getattr(module, "bias_hh" + sfx).copy_(layer.bias_hh)
+                elif self.bias:
                     getattr(module, "bias_ih" + sfx).copy_(layer.bias)
                     getattr(module, "bias_hh" + sfx).zero_()
                 if layer.weight_hr is not None:
@@ -736,7 +764,9 @@ class RecurrentStack(nn.Module):
         weights = []
         for layer in self.layers:  # nn.LSTM's order: layer-major, direction-minor
             weights += [layer.weight_ih, layer.weight_hh]
-            if self.bias:  # b as b_ih, with b_hh = 0
+            if layer.bias_ih is not None:
+                weights += [layer.bias_ih, layer.bias_hh]
+            elif self.bias:  # b as b_ih, with b_hh = 0
                 weights += [layer.bias, torch.zeros_like(layer.bias)]
             if layer.weight_hr is not None:  # ATen sees the projection from h0's size
                 weights.append(layer.weight_hr)

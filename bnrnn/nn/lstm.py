@@ -74,6 +74,8 @@ class NormLSTM(RecurrentStack):
             (``ln`` included); default per variant: 1 for bn_recurrent (Cooijmans' code),
             otherwise what ``init`` gives (``forget_bias=1.0`` for ``ln`` is TensorFlow's
             LayerNormBasicLSTMCell; README "Initialisation" tabulates every variant).
+        split_bias: keep ``nn.LSTM``'s two biases b_ih, b_hh (b = b_ih + b_hh) instead of one
+            b, so that optimizer steps too are nn.LSTM's (variants with a b only).
         stats: BN statistics of the input term: ``frame`` (per time step; language models,
             which must not see the future) or ``sequence`` (over batch and time, real frames
             only; speech). Norms inside the recurrence are always frame-wise.
