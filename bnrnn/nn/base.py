@@ -133,8 +133,9 @@ class RecurrentLayer(nn.Module):
         self.reset_parameters()
 
     def gate_shift_name(self) -> str | None:
-        """The name of the pre-activation's additive term: ``bias`` (b), or ``norm_ih.bias`` /
-        ``norm_sum.bias`` (the β of the BN that replaces b); None where there is none."""
+        """The name of the pre-activation's additive term: ``bias`` (b; ``bias_ih`` with
+        ``split_bias``, where forget_bias goes), or ``norm_ih.bias`` / ``norm_sum.bias`` (the β
+        of the BN that replaces b); None where there is none."""
         for name in ("bias", "bias_ih", "norm_ih.bias", "norm_sum.bias"):
             if self.get_parameter_or_none(name) is not None:
                 return name
@@ -157,8 +158,10 @@ class RecurrentLayer(nn.Module):
         uniform: U(±init_range) for weights and bias (Zaremba et al.);
         glorot: each gate's (H, I) and (H, H) matrix Glorot-uniform, bias 0 (Laurent et al.);
         orthogonal: each gate's matrices (semi-)orthogonal, bias 0 (Cooijmans et al.).
-        Then the forget-gate block of the gate shift is set to ``forget_bias`` if given. Each
-        member of a population is initialised as a layer of its own.
+        b_ih and b_hh (``split_bias``) as b; the projection ``weight_hr`` as the weights (one
+        matrix, not per gate). Then the forget-gate block of the gate shift is set to
+        ``forget_bias`` if given (b_hh's to 0). Each member of a population is initialised as a
+        layer of its own.
         """
         H = self.hidden_size
         weights = (self.weight_ih, self.weight_hh)
