@@ -571,3 +571,21 @@ def test_a_population_steps_as_its_sequence_call():
     torch.testing.assert_close(torch.stack(outs), out, **EXACT)
     for a, b in zip(state, last):
         torch.testing.assert_close(a, b, **EXACT)
+
+
+def test_nn_lstm_parameter_names_and_flatten_parameters():
+    """Scripts that reach nn.LSTM's parameters by name (to initialise them, say) reach ours."""
+    m = NormLSTM(I, H, 2, bidirectional=True, proj_size=2)
+    assert m.weight_hh_l1_reverse is m.layers[3].weight_hh and m.weight_hr_l0 is m.layers[0].weight_hr
+    nn.init.zeros_(m.weight_ih_l1)
+    assert torch.all(m.layers[2].weight_ih == 0)
+    m.flatten_parameters()  # nn.LSTM's cuDNN call: nothing to do
+    split = NormLSTM(I, H, split_bias=True)
+    assert split.bias_hh_l0 is split.layers[0].bias_hh
+    for layer, name, why in ((m, "bias_ih_l0", "split_bias=True keeps nn.LSTM's two"),
+                             (NormLSTM(I, H, norm="bn_sum"), "bias_hh_l0", "it has no bias"),
+                             (split, "weight_hr_l0", "no projection"),
+                             (split, "weight_ih_l1", "num_layers=1"),
+                             (split, "weights_ih_l0", "no attribute")):
+        with pytest.raises(AttributeError, match=re.escape(why)):
+            getattr(layer, name)

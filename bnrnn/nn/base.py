@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -474,6 +475,36 @@ class RecurrentStack(nn.Module):
             elif shift is not None and any(b in state_dict for b in biases):
                 state_dict[ours + shift] = sum(state_dict.pop(b) for b in biases if b in state_dict)
 
+    def __getattr__(self, name: str):
+        """Also ``nn.LSTM``'s parameter names: ``weight_ih_l{k}[_reverse]``, ``weight_hh_...``,
+        ``weight_hr_...`` and (with ``split_bias``) ``bias_ih_...`` / ``bias_hh_...`` are the
+        layers' own parameters (the same tensors: initialising one initialises ours)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            found = _TORCH_NAME.fullmatch(name)
+            if found is None or "layers" not in self._modules:
+                raise
+        what, k, reverse = found.group(1), int(found.group(2)), bool(found.group(3))
+        i = k * self.num_directions + reverse
+        if k >= self.num_layers or (reverse and not self.bidirectional):
+            raise AttributeError(f"{self._name} has no {name}: num_layers={self.num_layers}, "
+                                 f"bidirectional={self.bidirectional}")
+        value = getattr(self.layers[i], what, None)
+        if value is None:
+            why = ("it has no bias (bias=False, or the β of its batch norm replaces b)"
+                   if self.layers[i].gate_bias() is None or what not in ("bias_ih", "bias_hh") else
+                   f"it has one bias b = b_ih + b_hh (layers.{i}.bias); split_bias=True keeps "
+                   f"nn.LSTM's two")
+            if what == "weight_hr":
+                why = "it has no projection (proj_size=0)"
+            raise AttributeError(f"{self._name} has no {name}: {why}")
+        return value
+
+    def flatten_parameters(self) -> None:
+        """``nn.LSTM``'s call to compact its weights for cuDNN; a no-op here (each layer keeps
+        its own weights, which the native backend hands to cuDNN at every call)."""
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Also loads a ``torch_class`` state dict (``nn.LSTM``'s keys, :meth:`from_torch_keys`)."""
         if self.population is None and prefix + "weight_ih_l0" in state_dict:
@@ -791,6 +822,9 @@ class RecurrentStack(nn.Module):
             total_length=input.shape[0])
         return out, tuple(s.index_select(1, unorder) for s in last)
 
+
+# nn.LSTM's per-layer parameter names
+_TORCH_NAME = re.compile(r"(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(\d+)(_reverse)?")
 
 # what a norm module may have been changed in after construction, and must match in a population
 _NORM_SETTINGS = ("eps", "momentum")
