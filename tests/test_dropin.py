@@ -589,3 +589,18 @@ def test_nn_lstm_parameter_names_and_flatten_parameters():
                              (split, "weights_ih_l0", "no attribute")):
         with pytest.raises(AttributeError, match=re.escape(why)):
             getattr(layer, name)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_split_bias_draws_nn_lstms_initial_weights(kind):
+    """With split_bias (nn.LSTM's parameters in nn.LSTM's order) and the default init, the same
+    seed gives nn.LSTM's own initial weights, in the dtype asked for: a seeded script swapping
+    the class starts where nn.LSTM starts."""
+    torch_cls, cls = (nn.LSTM, NormLSTM) if kind == "lstm" else (nn.RNN, NormRNN)
+    args = dict(num_layers=2, bidirectional=True, dtype=f64, **({"proj_size": 2} if kind == "lstm" else {}))
+    torch.manual_seed(7)
+    theirs = torch_cls(I, H, **args)
+    torch.manual_seed(7)
+    ours = cls(I, H, **args, split_bias=True)
+    for name, value in theirs.named_parameters():
+        assert torch.equal(getattr(ours, name), value), name

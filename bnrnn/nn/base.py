@@ -108,21 +108,24 @@ class RecurrentLayer(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, variant: Variant, *, stats: str,
                  max_steps: int, momentum: float | None, eps: float, gamma: float,
                  init: str, init_range: float, forget_bias: float | None,
-                 population: int | None = None, proj_size: int = 0, split_bias: bool = False):
+                 population: int | None = None, proj_size: int = 0, split_bias: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.init, self.init_range, self.forget_bias = init, init_range, forget_bias
         self.population = population
         G, lead = self.gates * hidden_size, leading(population)
-        self.weight_ih = nn.Parameter(torch.empty(*lead, G, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(*lead, G, proj_size or hidden_size))
+        # drawn in the dtype and on the device asked for, as nn.LSTM's are (not converted after)
+        empty = lambda *shape: torch.empty(*lead, *shape, device=device, dtype=dtype)  # noqa: E731
+        self.weight_ih = nn.Parameter(empty(G, input_size))
+        self.weight_hh = nn.Parameter(empty(G, proj_size or hidden_size))
         # split_bias: nn.LSTM's two copies b = b_ih + b_hh (each gets b's gradient, so an
         # optimizer moves b as nn.LSTM's does); otherwise the one b
         split = variant.bias and split_bias
-        self.bias = nn.Parameter(torch.empty(*lead, G)) if variant.bias and not split else None
-        self.bias_ih = nn.Parameter(torch.empty(*lead, G)) if split else None
-        self.bias_hh = nn.Parameter(torch.empty(*lead, G)) if split else None
-        self.weight_hr = nn.Parameter(torch.empty(*lead, proj_size, hidden_size)) if proj_size else None
+        self.bias = nn.Parameter(empty(G)) if variant.bias and not split else None
+        self.bias_ih = nn.Parameter(empty(G)) if split else None
+        self.bias_hh = nn.Parameter(empty(G)) if split else None
+        self.weight_hr = nn.Parameter(empty(proj_size, hidden_size)) if proj_size else None
         opts = dict(max_steps=max_steps, momentum=momentum, eps=eps, gamma=gamma,
                     population=population)
         # N_ih sees whole sequences (frame- or sequence-wise); the others act per step (frame-wise).
@@ -308,7 +311,7 @@ class RecurrentStack(nn.Module):
         gamma = variant.gamma if gamma_init is None else gamma_init
         forget = variant.forget_bias if forget_bias is None else forget_bias
         extra = dict(proj_size=proj_size) if proj_size else {}  # the tanh RNN has none
-        extra.update(split_bias=split_bias)
+        extra.update(split_bias=split_bias, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
             self.layer_class(input_size if k == 0 else D * (proj_size or hidden_size), hidden_size,
                              without_bias(variant) if not bias else variant,
@@ -316,8 +319,8 @@ class RecurrentStack(nn.Module):
                              gamma=gamma, init=init, init_range=init_range, forget_bias=forget,
                              population=population, **extra)
             for k in range(num_layers) for _ in range(D))
-        if device is not None or dtype is not None:  # nn.LSTM's factory keywords
-            self.to(device=device, dtype=dtype)
+        if device is not None or dtype is not None:  # nn.LSTM's factory keywords; the norms'
+            self.to(device=device, dtype=dtype)     # constants are converted
 
     @property
     def num_directions(self) -> int:
