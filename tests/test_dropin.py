@@ -555,6 +555,10 @@ def test_split_bias_parameters_and_refusals():
     lstm = nn.LSTM(I, H).double()
     ln.double().load_state_dict({**ln.state_dict(), **{k: v for k, v in lstm.state_dict().items()}}, strict=False)
     torch.testing.assert_close(ln.layers[0].bias_hh, lstm.bias_hh_l0, **EXACT)
+    converted = NormLSTM.from_lstm(lstm, split_bias=True)
+    assert converted.bias_ih_l0 is not lstm.bias_ih_l0
+    assert torch.equal(converted.bias_ih_l0, lstm.bias_ih_l0) and torch.equal(converted.bias_hh_l0, lstm.bias_hh_l0)
+    assert all(torch.equal(converted.to_lstm().state_dict()[k], v) for k, v in lstm.state_dict().items())
     for kw, why in ((dict(norm="bn_input"), "norm='bn_input' has no b"), (dict(bias=False), "but bias=False")):
         with pytest.raises(ValueError, match=re.escape(why)):
             NormLSTM(I, H, split_bias=True, **kw)
