@@ -169,7 +169,7 @@ def build_rnn(shape: Shape, norm, backend, device):
         return nn.LSTM(shape.I, shape.H, shape.L, bidirectional=shape.bidirectional).to(device)
     # sequence-wise statistics exist only for the input term: where the variant normalizes it
     stats = shape.stats if VARIANTS[norm].ih is not None else "frame"
-    return NormLSTM(shape.I, shape.H, shape.L, shape.bidirectional, 0.0, norm, stats=stats,
+    return NormLSTM(shape.I, shape.H, shape.L, bidirectional=shape.bidirectional, norm=norm, stats=stats,
                     backend=backend, max_steps=shape.T).to(device)
 
 

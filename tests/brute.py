@@ -30,7 +30,7 @@ def lstm_layer(layer, x, h, c, mask=None, population=None):
     slot -> callable(t) -> (mean, var) giving the population statistics to use at step t.
     """
     T, B, _ = x.shape
-    H = layer.hidden_size
+    H = layer.hidden_size  # of the gates and the cell; h has h's own size (proj_size P or H)
     mask = torch.ones(T, B, dtype=torch.bool) if mask is None else mask
     kind = {k: type(getattr(layer, "norm_" + k)).__name__ for k in ("ih", "hh", "sum", "cell")}
 
@@ -66,6 +66,8 @@ def lstm_layer(layer, x, h, c, mask=None, population=None):
         i, f, g, o = (a[:, k * H:(k + 1) * H] for k in range(4))
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(norm("cell", c_new, t, rows))
+        if getattr(layer, "weight_hr", None) is not None:  # proj_size: h = W_hr (σ(o) tanh(·))
+            h_new = h_new @ layer.weight_hr.T
         keep = rows[:, None]
         h = torch.where(keep, h_new, h)
         c = torch.where(keep, c_new, c)

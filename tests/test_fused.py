@@ -18,7 +18,7 @@ f64 = torch.float64
 
 def pair(norm, I=3, H=5, L=1, bidirectional=False, device="cpu", dtype=f64, **kw):
     """A reference NormLSTM with trained-looking norms and running statistics, and its fused twin."""
-    ref = NormLSTM(I, H, L, bidirectional, 0.0, norm, backend="reference", **kw).to(device, dtype)
+    ref = NormLSTM(I, H, L, bidirectional=bidirectional, norm=norm, backend="reference", **kw).to(device, dtype)
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if "norm" in name:
@@ -77,7 +77,7 @@ def test_fused_stacked_bidirectional_with_tmax(norm):
 @pytest.mark.parametrize("norm", ["none", "bn_input", "bn_sum"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_fused_tanh_rnn_equals_reference_float64(norm, train):
-    ref = NormRNN(3, 5, 2, True, 0.0, norm, backend="reference", max_steps=4).double()
+    ref = NormRNN(3, 5, 2, bidirectional=True, norm=norm, backend="reference", max_steps=4).double()
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if "norm" in name:
@@ -182,7 +182,7 @@ def test_gpu_bf16_autocast_as_close_as_the_reference_in_bf16(norm):
 def test_gpu_fused_tanh_rnn_within_the_references_own_rounding(norm):
     """The appendix's char RNN shape (3 x 250, T 100, B 32) in fp32 against float64."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    ref = NormRNN(250, 250, 3, False, 0.0, norm, backend="reference").to("cuda", f64)
+    ref = NormRNN(250, 250, 3, norm=norm, backend="reference").to("cuda", f64)
     ref32, fus = copy.deepcopy(ref).float(), copy.deepcopy(ref).float()
     fus.backend = "fused"
     for call in range(3):

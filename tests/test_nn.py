@@ -16,7 +16,7 @@ f64 = torch.float64
 
 def make(norm, I=5, H=4, L=1, bidirectional=False, dropout=0.0, **kw):
     kw.setdefault("backend", "reference")
-    m = NormLSTM(I, H, L, bidirectional, dropout, norm, **kw).to(f64)
+    m = NormLSTM(I, H, L, bidirectional=bidirectional, dropout=dropout, norm=norm, **kw).to(f64)
     with torch.no_grad():  # non-trivial γ/β so that a dropped term shows
         for name, p in m.named_parameters():
             if "norm" in name:

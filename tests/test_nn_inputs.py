@@ -32,13 +32,13 @@ BACKENDS = [pytest.param(("reference", "cpu"), id="reference"),
 def lstm(where, L=1, bidirectional=False, norm=None, **kw):
     backend, device = where
     norm = norm or ("none" if backend == "native" else "bn_sum")
-    return NormLSTM(I, H, L, bidirectional, 0.0, norm, backend=backend, **kw).to(device, f64)
+    return NormLSTM(I, H, L, bidirectional=bidirectional, norm=norm, backend=backend, **kw).to(device, f64)
 
 
 def rnn(where, norm=None, **kw):
     backend, device = where
     norm = norm or ("none" if backend == "native" else "bn_sum")
-    return NormRNN(I, H, 1, False, 0.0, norm, backend=backend, **kw).to(device, f64)
+    return NormRNN(I, H, 1, norm=norm, backend=backend, **kw).to(device, f64)
 
 
 def x_(device, *shape, dtype=f64):
@@ -54,9 +54,9 @@ def refused(match, exc=RuntimeError):
 @pytest.mark.parametrize("where", BACKENDS)
 def test_input_rank_size_dtype_device(where):
     m, dev = lstm(where), where[1]
-    with refused("input must have 3 dimensions, got 2"):
-        m(x_(dev, T, I))
-    with refused("input must have 3 dimensions, got 4"):
+    with refused("input must have 3 dimensions (or 2: one unbatched sequence (T, I)), got 1"):
+        m(x_(dev, T))
+    with refused("input must have 3 dimensions (or 2: one unbatched sequence (T, I)), got 4"):
         m(x_(dev, T, B, 1, I))
     with refused("input.size(-1) must be equal to input_size. Expected 3, got 4"):
         m(x_(dev, T, B, 4))
@@ -169,7 +169,7 @@ def test_unsorted_lengths_in_every_form_give_the_same_result(where):
 def test_fused_equals_reference_on_unsorted_lengths_and_a_lone_last_sequence():
     """Later steps of a padded training batch with one sequence left are legitimate: neither
     path refuses them, and both give the same function (β on that row, nothing folded in)."""
-    ref = NormLSTM(I, H, 1, False, 0.0, "bn_recurrent", backend="reference").double()
+    ref = NormLSTM(I, H, 1, norm="bn_recurrent", backend="reference").double()
     fus = copy.deepcopy(ref)
     fus.backend = "fused"
     x, lengths = x_("cpu"), torch.tensor([1, 4, 2])  # steps 2, 3: sequence 1 alone
@@ -192,7 +192,7 @@ ONE_VALUE = "Expected more than 1 value per channel when training, got input siz
 def test_a_batch_of_one_in_training_is_refused_like_batchnorm1d(cls, norm, backend):
     with pytest.raises(ValueError, match=re.escape(ONE_VALUE)):
         torch.nn.BatchNorm1d(4)(torch.randn(1, 4))  # the wording being copied
-    m = cls(I, H, 1, False, 0.0, norm, backend=backend).double()
+    m = cls(I, H, 1, norm=norm, backend=backend).double()
     before = copy.deepcopy(m.state_dict())
     with refused(ONE_VALUE + " torch.Size([4, 1, 3])", ValueError):
         m(x_("cpu", T, 1, I))

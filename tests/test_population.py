@@ -50,8 +50,8 @@ def stacked(layers):
     """The population of ``layers``, built here from their state dicts (independently of the
     library's own ``stack``)."""
     first = layers[0]
-    pop = type(first)(first.input_size, first.hidden_size, first.num_layers, first.bidirectional,
-                      first.dropout, first.norm, stats=first.stats, backend=first.backend,
+    pop = type(first)(first.input_size, first.hidden_size, first.num_layers,
+                      bidirectional=first.bidirectional, dropout=first.dropout, norm=first.norm, stats=first.stats, backend=first.backend,
                       max_steps=first.options["max_steps"], population=len(layers)).double()
     states = [layer.state_dict() for layer in layers]
     pop.load_state_dict({k: torch.stack([s[k] for s in states]) for k in states[0]})
@@ -308,7 +308,7 @@ def test_gpu_fused_population_within_the_references_own_rounding(cls, norm):
     torch.backends.cuda.matmul.allow_tf32 = False
     Tg, Mg, Bg, Hg = 20, 4, 16, 64
     torch.manual_seed(0)
-    ref = cls(Hg, Hg, 2, False, 0.0, norm, backend="reference", population=Mg).to("cuda", f64)
+    ref = cls(Hg, Hg, 2, norm=norm, backend="reference", population=Mg).to("cuda", f64)
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if "norm" in name:

@@ -17,7 +17,7 @@ CHUNKS = [(0, 2), (2, 6), (6, 9)]  # one inside T_max, one across it, one wholly
 def model(cls, norm, backend, **kw):
     """Two stacked layers with perturbed γ/β and random per-step population statistics (every
     step's differs, so a statistic read at the wrong step shows)."""
-    m = cls(3, 4, 2, False, 0.0, norm, backend="reference", max_steps=T_MAX, **kw).double()
+    m = cls(3, 4, 2, norm=norm, backend="reference", max_steps=T_MAX, **kw).double()
     with torch.no_grad():
         for name, p in m.named_parameters():
             if "norm" in name:

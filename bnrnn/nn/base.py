@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn import fused
 from bnrnn.nn.norms import STATS, SeqBatchNorm, SeqLayerNorm, check_population, leading, per_member
-from bnrnn.nn.variants import VARIANTS, Variant, make_norm
+from bnrnn.nn.variants import VARIANTS, Variant, make_norm, without_bias
 
 INITS = ("pytorch", "uniform", "glorot", "orthogonal")
 BACKENDS = ("auto", "reference", "native", "fused")
@@ -77,9 +79,21 @@ def member_linear(x: Tensor, w: Tensor) -> Tensor:
     return y.view(*xm.shape[:-1], w.shape[1]).movedim(0, -3)
 
 
+def repack(out: Tensor, like: PackedSequence) -> PackedSequence:
+    """A padded output (T, B, F), batch in the original order, as a PackedSequence laid out as
+    ``like`` (its batch sizes and sorting): what ``nn.LSTM`` returns for a packed input."""
+    if like.sorted_indices is not None:
+        out = out.index_select(1, like.sorted_indices)
+    sizes = like.batch_sizes
+    running = torch.arange(out.shape[1])[None, :] < sizes[:, None]  # (T, B): row-major = packed order
+    return PackedSequence(out[running.to(out.device)], sizes, like.sorted_indices,
+                          like.unsorted_indices)
+
+
 class RecurrentLayer(nn.Module):
-    """One direction of one layer: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias`` (G*H)
-    or None, and the normalization slots ``norm_ih``, ``norm_hh``, ``norm_sum`` (G*H features)
+    """One direction of one layer: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, R), ``bias`` (G*H)
+    or None, ``weight_hr`` (P, H) or None (an LSTM's output projection, ``proj_size`` P; R = P with
+    one, else H), and the normalization slots ``norm_ih``, ``norm_hh``, ``norm_sum`` (G*H features)
     and, for cells with a memory, ``norm_cell`` (H), G gates per unit (4 for the LSTM, 1 for tanh).
     With ``population=M`` each parameter and buffer has a leading axis M, and activations an
     axis M before the batch (module doc).
@@ -94,15 +108,24 @@ class RecurrentLayer(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, variant: Variant, *, stats: str,
                  max_steps: int, momentum: float | None, eps: float, gamma: float,
                  init: str, init_range: float, forget_bias: float | None,
-                 population: int | None = None):
+                 population: int | None = None, proj_size: int = 0, split_bias: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         self.input_size, self.hidden_size, self.variant = input_size, hidden_size, variant
         self.init, self.init_range, self.forget_bias = init, init_range, forget_bias
         self.population = population
         G, lead = self.gates * hidden_size, leading(population)
-        self.weight_ih = nn.Parameter(torch.empty(*lead, G, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(*lead, G, hidden_size))
-        self.bias = nn.Parameter(torch.empty(*lead, G)) if variant.bias else None
+        # drawn in the dtype and on the device asked for, as nn.LSTM's are (not converted after)
+        empty = lambda *shape: torch.empty(*lead, *shape, device=device, dtype=dtype)  # noqa: E731
+        self.weight_ih = nn.Parameter(empty(G, input_size))
+        self.weight_hh = nn.Parameter(empty(G, proj_size or hidden_size))
+        # split_bias: nn.LSTM's two copies b = b_ih + b_hh (each gets b's gradient, so an
+        # optimizer moves b as nn.LSTM's does); otherwise the one b
+        split = variant.bias and split_bias
+        self.bias = nn.Parameter(empty(G)) if variant.bias and not split else None
+        self.bias_ih = nn.Parameter(empty(G)) if split else None
+        self.bias_hh = nn.Parameter(empty(G)) if split else None
+        self.weight_hr = nn.Parameter(empty(proj_size, hidden_size)) if proj_size else None
         opts = dict(max_steps=max_steps, momentum=momentum, eps=eps, gamma=gamma,
                     population=population)
         # N_ih sees whole sequences (frame- or sequence-wise); the others act per step (frame-wise).
@@ -113,13 +136,23 @@ class RecurrentLayer(nn.Module):
             self.norm_cell = make_norm(variant.cell, hidden_size, stats="frame", **opts)
         self.reset_parameters()
 
+    def gate_shift_name(self) -> str | None:
+        """The name of the pre-activation's additive term: ``bias`` (b; ``bias_ih`` with
+        ``split_bias``, where forget_bias goes), or ``norm_ih.bias`` / ``norm_sum.bias`` (the β
+        of the BN that replaces b); None where there is none."""
+        for name in ("bias", "bias_ih", "norm_ih.bias", "norm_sum.bias"):
+            if self.get_parameter_or_none(name) is not None:
+                return name
+        return None
+
+    def get_parameter_or_none(self, name: str) -> Tensor | None:
+        module, _, attr = name.rpartition(".")
+        return getattr(self.get_submodule(module) if module else self, attr, None)
+
     def gate_shift(self) -> Tensor | None:
         """The additive term of the pre-activation: b, or the β of the BN that replaces it."""
-        for candidate in (self.bias, getattr(self.norm_ih, "bias", None),
-                          getattr(self.norm_sum, "bias", None)):
-            if candidate is not None:
-                return candidate
-        return None
+        name = self.gate_shift_name()
+        return None if name is None else self.get_parameter_or_none(name)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -129,14 +162,16 @@ class RecurrentLayer(nn.Module):
         uniform: U(±init_range) for weights and bias (Zaremba et al.);
         glorot: each gate's (H, I) and (H, H) matrix Glorot-uniform, bias 0 (Laurent et al.);
         orthogonal: each gate's matrices (semi-)orthogonal, bias 0 (Cooijmans et al.).
-        Then the forget-gate block of the gate shift is set to ``forget_bias`` if given. Each
-        member of a population is initialised as a layer of its own.
+        b_ih and b_hh (``split_bias``) as b; the projection ``weight_hr`` as the weights (one
+        matrix, not per gate). Then the forget-gate block of the gate shift is set to
+        ``forget_bias`` if given (b_hh's to 0). Each member of a population is initialised as a
+        layer of its own.
         """
         H = self.hidden_size
         weights = (self.weight_ih, self.weight_hh)
         if self.init in ("pytorch", "uniform"):
             r = 1.0 / math.sqrt(H) if self.init == "pytorch" else self.init_range
-            for p in (*weights, self.bias):
+            for p in (*weights, self.bias, self.bias_ih, self.bias_hh, self.weight_hr):
                 if p is not None:
                     nn.init.uniform_(p, -r, r)
         else:
@@ -145,14 +180,20 @@ class RecurrentLayer(nn.Module):
                 for member in (w,) if self.population is None else w.unbind(0):  # views
                     for g in range(self.gates):
                         fill(member[g * H:(g + 1) * H])
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+            for b in (self.bias, self.bias_ih, self.bias_hh):
+                if b is not None:
+                    nn.init.zeros_(b)
+            if self.weight_hr is not None:  # one matrix, not per gate
+                for member in (self.weight_hr,) if self.population is None else self.weight_hr.unbind(0):
+                    fill(member)
         for norm in self.norms():
             if hasattr(norm, "reset_parameters"):
                 norm.reset_parameters()
         shift = self.gate_shift()
         if self.forget_bias is not None and shift is not None and self.gates == 4:
             shift[..., H:2 * H] = self.forget_bias
+            if self.bias_hh is not None:  # the sum b_ih + b_hh is the forget bias
+                self.bias_hh[..., H:2 * H] = 0.0
 
     def norms(self) -> list[nn.Module]:
         return [self.norm_ih, self.norm_hh, self.norm_sum] + ([self.norm_cell] if self.has_cell else [])
@@ -161,7 +202,12 @@ class RecurrentLayer(nn.Module):
         """N_ih(W_x x) + b for all time steps at once: x (T, [M,] B, I) -> (T, [M,] B, G*H);
         x[t] is time step t0 + t."""
         p = self.norm_ih(member_linear(x, self.weight_ih), mask, t0)
-        return p + per_member(self.bias) if self.bias is not None else p
+        b = self.gate_bias()
+        return p + per_member(b) if b is not None else p
+
+    def gate_bias(self) -> Tensor | None:
+        """b (G*H), or b_ih + b_hh with ``split_bias``; None where the layer has none."""
+        return self.bias if self.bias_ih is None else self.bias_ih + self.bias_hh
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
                 backend: str, t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -178,7 +224,7 @@ class RecurrentLayer(nn.Module):
 
     def extra_repr(self) -> str:
         members = "" if self.population is None else f", population={self.population}"
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}{members}"
+        return f"{self.input_size}, {self.hidden_size}, bias={self.gate_bias() is not None}{members}"
 
 
 def masked_update(m: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
@@ -204,12 +250,14 @@ class RecurrentStack(nn.Module):
     norms_allowed: tuple[str, ...]
     n_states: int = 1
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, norm: str = "none", *,
-                 init: str = "pytorch", init_range: float = 0.1, forget_bias: float | None = None,
-                 stats: str = "frame", gamma_init: float | None = None, max_steps: int = 100,
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
+                 norm: str = "none", init: str = "pytorch", init_range: float = 0.1,
+                 forget_bias: float | None = None, stats: str = "frame",
+                 gamma_init: float | None = None, max_steps: int = 100,
                  momentum: float | None = 0.1, eps: float = 1e-5, backend: str = "auto",
-                 population: int | None = None):
+                 population: int | None = None, split_bias: bool = False):
         super().__init__()
         name = type(self).__name__
         check_population(name, population)
@@ -227,39 +275,75 @@ class RecurrentStack(nn.Module):
         if num_layers < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"{name}: need num_layers >= 1 and 0 <= dropout < 1; got "
                              f"num_layers={num_layers}, dropout={dropout}")
+        if population is not None and batch_first:
+            raise ValueError(f"{name}: batch_first=True with population={population}: a "
+                             f"population's input is time-major (T, M, B, I); transpose it "
+                             f"yourself or use batch_first=False")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+            raise ValueError(f"{name}: proj_size must be an int in [0, hidden_size) (nn.LSTM's "
+                             f"rule); got proj_size={proj_size!r}, hidden_size={hidden_size}")
+        if proj_size and backend == "fused":
+            raise ValueError(f"{name}: backend='fused' has no kernel for proj_size > 0 (its step "
+                             f"kernel writes h = σ(o) tanh(c) unprojected); use backend='auto' "
+                             f"(cuDNN for norm='none', else the reference loop) or 'reference'")
         variant = VARIANTS[norm]
         if stats == "sequence" and variant.ih is None:
             raise ValueError(f"{name}: stats='sequence' applies to the input term only, which "
                              f"norm={norm!r} does not normalize (its norms act inside the "
                              f"recurrence, one step at a time): use stats='frame'")
+        if split_bias and not (bias and variant.bias):
+            why = "bias=False" if not bias else f"norm={norm!r} has no b (the β of its batch norm replaces it)"
+            raise ValueError(f"{name}: split_bias=True keeps nn.LSTM's two copies b_ih, b_hh of "
+                             f"the bias b, but {why}; drop split_bias")
+        if not bias and forget_bias is not None:
+            raise ValueError(f"{name}: forget_bias={forget_bias} with bias=False: without a bias "
+                             f"(nor the batch-norm shift replacing it) there is no forget-gate "
+                             f"bias to set; drop one of them")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.proj_size = bool(bias), bool(batch_first), proj_size
         self.bidirectional, self.dropout, self.norm = bidirectional, dropout, norm
         self.stats, self.backend, self.population = stats, backend, population
         # what else a layer of the same configuration is built from (stack, member)
         self.options = dict(init=init, init_range=init_range, forget_bias=forget_bias,
-                            gamma_init=gamma_init, max_steps=max_steps, momentum=momentum, eps=eps)
+                            gamma_init=gamma_init, max_steps=max_steps, momentum=momentum, eps=eps,
+                            split_bias=split_bias)
         D = 2 if bidirectional else 1
         gamma = variant.gamma if gamma_init is None else gamma_init
         forget = variant.forget_bias if forget_bias is None else forget_bias
+        extra = dict(proj_size=proj_size) if proj_size else {}  # the tanh RNN has none
+        extra.update(split_bias=split_bias, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
-            self.layer_class(input_size if k == 0 else D * hidden_size, hidden_size, variant,
+            self.layer_class(input_size if k == 0 else D * (proj_size or hidden_size), hidden_size,
+                             without_bias(variant) if not bias else variant,
                              stats=stats, max_steps=max_steps, momentum=momentum, eps=eps,
                              gamma=gamma, init=init, init_range=init_range, forget_bias=forget,
-                             population=population)
+                             population=population, **extra)
             for k in range(num_layers) for _ in range(D))
+        if device is not None or dtype is not None:  # nn.LSTM's factory keywords; the norms'
+            self.to(device=device, dtype=dtype)     # constants are converted
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """The size of h and of each direction's output: proj_size P where there is one, else H."""
+        return self.proj_size or self.hidden_size
+
+    def state_sizes(self) -> tuple[int, ...]:
+        """The last size of each state: (P or H, H) for the LSTM, (H,) for the tanh RNN."""
+        return (self.output_size, self.hidden_size)[:self.n_states]
 
     # ------------------------------------------------------------------ populations
     def configuration(self) -> dict:
         """The constructor's arguments that build a layer of this configuration (all but
         ``population``)."""
         return dict(input_size=self.input_size, hidden_size=self.hidden_size,
-                    num_layers=self.num_layers, bidirectional=self.bidirectional,
-                    dropout=self.dropout, norm=self.norm, stats=self.stats, backend=self.backend,
-                    **self.options)
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    bidirectional=self.bidirectional, dropout=self.dropout, norm=self.norm,
+                    stats=self.stats, backend=self.backend, **self.options,
+                    **({"proj_size": self.proj_size} if self.proj_size else {}))
 
     @classmethod
     def stack(cls, layers: Sequence["RecurrentStack"]) -> "RecurrentStack":
@@ -333,7 +417,9 @@ class RecurrentStack(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bidirectional={self.bidirectional}, dropout={self.dropout}, norm={self.norm!r}, "
+                + ("" if self.bias else "bias=False, ") + ("batch_first=True, " if self.batch_first else "")
+                + (f"proj_size={self.proj_size}, " if self.proj_size else "")
+                + f"bidirectional={self.bidirectional}, dropout={self.dropout}, norm={self.norm!r}, "
                 f"stats={self.stats!r}, backend={self.backend!r}"
                 + ("" if self.population is None else f", population={self.population}"))
 
@@ -357,9 +443,123 @@ class RecurrentStack(nn.Module):
             return "fused"
         return "reference"
 
+    # ------------------------------------------------------------------ nn.LSTM / nn.RNN
+    torch_class: type[nn.Module]  # nn.LSTM / nn.RNN
+
+    def torch_arguments(self) -> dict:
+        """The ``torch_class`` constructor arguments of this configuration."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    dropout=self.dropout, bidirectional=self.bidirectional)
+
+    def torch_keys(self):
+        """(torch_class's key suffix, our layer index) of each layer and direction:
+        ``_l{k}`` and ``_l{k}_reverse`` -> ``layers.{k*D + d}``."""
+        D = self.num_directions
+        return [(f"_l{i // D}" + ("_reverse" if i % D else ""), i) for i in range(len(self.layers))]
+
+    def from_torch_keys(self, state_dict: dict, prefix: str = "") -> None:
+        """Rename, in place, ``torch_class`` state-dict keys to ours: ``weight_ih_l{k}[_reverse]``
+        and ``weight_hh_...`` (``weight_hr_...``) to ``layers.{i}.weight_ih`` / ``weight_hh``
+        (``weight_hr``), and b_ih + b_hh summed into the layer's one gate shift (b, or the β of
+        the batch norm replacing it), or kept as they are with ``split_bias``. Keys with
+        no counterpart here (biases of a bias=False layer) are left for load_state_dict to report."""
+        for sfx, i in self.torch_keys():
+            ours = f"{prefix}layers.{i}."
+            for w in ("weight_ih", "weight_hh", "weight_hr"):
+                if prefix + w + sfx in state_dict:
+                    state_dict[ours + w] = state_dict.pop(prefix + w + sfx)
+            shift = self.layers[i].gate_shift_name()
+            biases = [prefix + b + sfx for b in ("bias_ih", "bias_hh")]
+            if self.layers[i].bias_ih is not None:  # split_bias: nn.LSTM's own two
+                for b in ("bias_ih", "bias_hh"):
+                    if prefix + b + sfx in state_dict:
+                        state_dict[ours + b] = state_dict.pop(prefix + b + sfx)
+            elif shift is not None and any(b in state_dict for b in biases):
+                state_dict[ours + shift] = sum(state_dict.pop(b) for b in biases if b in state_dict)
+
+    def __getattr__(self, name: str):
+        """Also ``nn.LSTM``'s parameter names: ``weight_ih_l{k}[_reverse]``, ``weight_hh_...``,
+        ``weight_hr_...`` and (with ``split_bias``) ``bias_ih_...`` / ``bias_hh_...`` are the
+        layers' own parameters (the same tensors: initialising one initialises ours)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            found = _TORCH_NAME.fullmatch(name)
+            if found is None or "layers" not in self._modules:
+                raise
+        what, k, reverse = found.group(1), int(found.group(2)), bool(found.group(3))
+        i = k * self.num_directions + reverse
+        if k >= self.num_layers or (reverse and not self.bidirectional):
+            raise AttributeError(f"{self._name} has no {name}: num_layers={self.num_layers}, "
+                                 f"bidirectional={self.bidirectional}")
+        value = getattr(self.layers[i], what, None)
+        if value is None:
+            why = ("it has no bias (bias=False, or the β of its batch norm replaces b)"
+                   if self.layers[i].gate_bias() is None or what not in ("bias_ih", "bias_hh") else
+                   f"it has one bias b = b_ih + b_hh (layers.{i}.bias); split_bias=True keeps "
+                   f"nn.LSTM's two")
+            if what == "weight_hr":
+                why = "it has no projection (proj_size=0)"
+            raise AttributeError(f"{self._name} has no {name}: {why}")
+        return value
+
+    def flatten_parameters(self) -> None:
+        """``nn.LSTM``'s call to compact its weights for cuDNN; a no-op here (each layer keeps
+        its own weights, which the native backend hands to cuDNN at every call)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also loads a ``torch_class`` state dict (``nn.LSTM``'s keys, :meth:`from_torch_keys`)."""
+        if self.population is None and prefix + "weight_ih_l0" in state_dict:
+            self.from_torch_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, norm: str = "none", **options) -> "RecurrentStack":
+        """A layer of ``module``'s configuration (an ``nn.LSTM`` / ``nn.RNN``), dtype and device
+        with its weights; b = b_ih + b_hh (or into the β replacing b). With ``norm='none'`` it
+        computes what ``module`` computes; for another norm its norms keep their initial values."""
+        if not isinstance(module, cls.torch_class):
+            raise TypeError(f"{cls.__name__}.from_torch: expected an {cls.torch_class.__name__}; "
+                            f"got {type(module).__name__}")
+        weight = module.weight_ih_l0
+        args = {k: getattr(module, k) for k in cls.torch_class_arguments}
+        new = cls(**args, norm=norm, **options).to(weight.device, weight.dtype)
+        converted = dict(module.state_dict())
+        new.from_torch_keys(converted)
+        new.load_state_dict({**new.state_dict(), **converted})
+        return new
+
+    def to_torch(self) -> nn.Module:
+        """This layer as a ``torch_class`` (``nn.LSTM`` / ``nn.RNN``) computing the same function:
+        b_ih = b, b_hh = 0 (with ``split_bias``, its own b_ih and b_hh). Only ``norm='none'``
+        outside a population has one."""
+        name = f"{self._name}.to_torch"
+        if self.norm != "none" or self.population is not None:
+            raise ValueError(f"{name}: {self.torch_class.__name__} has no normalization nor "
+                             f"population; only a norm='none' layer with population=None converts "
+                             f"(got norm={self.norm!r}, population={self.population})")
+        weight = self.layers[0].weight_ih
+        module = self.torch_class(**self.torch_arguments()).to(weight.device, weight.dtype)
+        with torch.no_grad():
+            for sfx, i in self.torch_keys():
+                layer = self.layers[i]
+                getattr(module, "weight_ih" + sfx).copy_(layer.weight_ih)
+                getattr(module, "weight_hh" + sfx).copy_(layer.weight_hh)
+                if layer.bias_ih is not None:
+                    getattr(module, "bias_ih" + sfx).copy_(layer.bias_ih)
+                    getattr(module, "bias_hh" + sfx).copy_(layer.bias_hh)
+                elif self.bias:
+                    getattr(module, "bias_ih" + sfx).copy_(layer.bias)
+                    getattr(module, "bias_hh" + sfx).zero_()
+                if layer.weight_hr is not None:
+                    getattr(module, "weight_hr" + sfx).copy_(layer.weight_hr)
+        module.train(self.training)
+        return module
+
     # ------------------------------------------------------------------ input checks
     def check_forward_args(self, input: Tensor, state: tuple[Tensor, ...] | None,
-                           lengths, t0: int = 0) -> Tensor | None:
+                           lengths, t0: int = 0, batch_first: bool = False) -> Tensor | None:
         """Refuse a bad ``input``, ``state``, ``lengths`` or ``t0`` before any work, on every backend.
 
         cuDNN/ATen and the Triton kernels index memory by the shapes they are given, so a
@@ -371,28 +571,33 @@ class RecurrentStack(nn.Module):
         Cost: shape, dtype and device checks read only metadata. The range check of
         ``lengths`` reads its minimum and maximum in one transfer, and only when ``lengths``
         is given (a CUDA ``lengths`` costs that one sync; a list or CPU tensor none).
+        ``batch_first``: the caller gave ``input.transpose(0, 1)``; messages show its shapes.
         """
         name, M = self._name, self.population
         self._check_t0(t0)
-        want = self._shape("T", "B", self.input_size)
+        want = self._shape("T", "B", self.input_size, batch_first)
         if not isinstance(input, Tensor):
-            raise BadInput(f"{name}: input must be a Tensor {self._shape('T', 'B', 'I')}; "
+            raise BadInput(f"{name}: input must be a Tensor {self._shape('T', 'B', 'I', batch_first)}; "
                            f"got {type(input).__name__}")
+        given = tuple(input.shape)
+        if batch_first and input.dim() >= 2:
+            given = (given[1], given[0], *given[2:])
         rank = 3 if M is None else 4
         if input.dim() != rank:
-            raise BadInput(f"{name}: input must have {rank} dimensions, got {input.dim()} "
-                           f"(expected input {want}; got {tuple(input.shape)})")
+            one = "" if M is not None else " (or 2: one unbatched sequence (T, I))"
+            raise BadInput(f"{name}: input must have {rank} dimensions{one}, got {input.dim()} "
+                           f"(expected input {want}; got {given})")
         T, B, I = input.shape[0], input.shape[-2], input.shape[-1]
         if M is not None and input.shape[1] != M:
             raise BadInput(f"{name}: input.size(1) must be the population size {M}, one slice "
-                           f"per member (expected input {want}; got {tuple(input.shape)})")
+                           f"per member (expected input {want}; got {given})")
         if I != self.input_size:
             raise BadInput(f"{name}: input.size(-1) must be equal to input_size. Expected "
                            f"{self.input_size}, got {I} (expected input {want}; "
-                           f"got {tuple(input.shape)})")
+                           f"got {given})")
         if T < 1 or B < 1:
             raise BadInput(f"{name}: input must hold at least one time step and one sequence; "
-                           f"got size {self._shape('T', 'B', 'I')} = {tuple(input.shape)}")
+                           f"got size {self._shape('T', 'B', 'I', batch_first)} = {given}")
         if not input.is_floating_point():
             raise BadInput(f"{name}: input must be a floating-point tensor; got {input.dtype}")
         weight = self.layers[0].weight_ih
@@ -409,7 +614,7 @@ class RecurrentStack(nn.Module):
             self._check_state(input, state, autocast)
         lo = T  # the shortest sequence
         if lengths is not None:
-            lengths, lo = self._check_lengths(lengths, T, B)
+            lengths, lo = self._check_lengths(lengths, T, B, batch_first)
         if B == 1:  # only a batch of one can leave a batch norm one value per channel
             for module in self.modules():
                 if isinstance(module, SeqBatchNorm):
@@ -421,9 +626,11 @@ class RecurrentStack(nn.Module):
             lengths = torch.as_tensor(lengths, device=input.device)
         return lengths
 
-    def _shape(self, time, batch, last) -> str:
+    def _shape(self, time, batch, last, batch_first: bool = False) -> str:
         """A shape in words: (T, B, I), or (T, M, B, I) with the population size filled in."""
         lead = () if self.population is None else (self.population,)
+        if batch_first:  # checked after the transpose; say what the caller passes
+            return f"({batch}, {time}, {last}) (batch_first=True)"
         return f"({', '.join(str(s) for s in (time, *lead, batch, last))})"
 
     def _check_t0(self, t0) -> None:
@@ -440,7 +647,8 @@ class RecurrentStack(nn.Module):
         name = self._name
         B = input.shape[-2]
         lead = () if self.population is None else (self.population,)
-        expected = (self.num_layers * self.num_directions, *lead, B, self.hidden_size)
+        shapes = [(self.num_layers * self.num_directions, *lead, B, size) for size in self.state_sizes()]
+        expected = shapes[0] if len(set(shapes)) == 1 else f"{shapes[0]} and {shapes[1]}"
         lstm = self.n_states > 1
         if not isinstance(state, (tuple, list)) or len(state) != self.n_states or \
                 not all(isinstance(s, Tensor) for s in state):
@@ -456,8 +664,8 @@ class RecurrentStack(nn.Module):
             if s.dim() != rank:
                 raise BadInput(f"{name}: For batched {rank}-D input, {'hx and cx' if lstm else 'hx'} "
                                f"should also be {rank}-D but got {s.dim()}-D {which} of size {list(s.shape)}")
-            if tuple(s.shape) != expected:
-                raise BadInput(f"{name}: Expected {which} size {expected}, got {list(s.shape)}")
+            if tuple(s.shape) != shapes[k]:
+                raise BadInput(f"{name}: Expected {which} size {shapes[k]}, got {list(s.shape)}")
             if s.device != input.device:
                 raise BadInput(f"{name}: Input and hidden tensors are not at the same device, found "
                                f"input tensor at {input.device} and {which} tensor at {s.device}")
@@ -465,7 +673,7 @@ class RecurrentStack(nn.Module):
                 raise BadInput(f"{name}: {which} dtype ({s.dtype}) must be the input's "
                                f"({input.dtype})")
 
-    def _check_lengths(self, lengths, T: int, B: int) -> tuple[Tensor, int]:
+    def _check_lengths(self, lengths, T: int, B: int, batch_first: bool = False) -> tuple[Tensor, int]:
         """lengths as a tensor ((M, B) for a population) and its minimum."""
         name, M = self._name, self.population
         shapes = f"(B,) = ({B},)" if M is None else \
@@ -485,25 +693,88 @@ class RecurrentStack(nn.Module):
         lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # one transfer for both bounds
         if lo < 1 or hi > T:
             form = f"(B,)=({B},)" if lengths.dim() == 1 else f"(M, B)=({M}, {B})"
-            raise BadInput(f"{name}: lengths must be {form} in [1, {T}] (T = input.size(0); "
+            raise BadInput(f"{name}: lengths must be {form} in [1, {T}] (T = input.size({int(batch_first)}); "
                            f"any order); got {lengths.tolist()}")
         if M is not None and lengths.dim() == 1:
             lengths = lengths.expand(M, B)
         return lengths, lo
 
     # ------------------------------------------------------------------ forward
+    def forward_forms(self, input: Tensor | PackedSequence, hx: tuple[Tensor, ...] | None,
+                      lengths, t0: int = 0) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
+        """``nn.LSTM``'s input forms around :meth:`run`: a ``PackedSequence`` (lengths from it;
+        the output packed the same way), one unbatched sequence (T, I) with states (L*D, H), or
+        with ``batch_first`` input and output (B, T, ·) (states stay (L*D, B, H), as nn.LSTM's)."""
+        name = self._name
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise BadInput(f"{name}: lengths given with a PackedSequence, which carries its "
+                               f"own lengths; pass one or the other")
+            if self.population is not None:
+                raise BadInput(f"{name}: a population takes a padded (T, M, B, I) input with "
+                               f"lengths (M, B), not a PackedSequence")
+            padded, lengths = nn.utils.rnn.pad_packed_sequence(input)  # original batch order
+            out, state = self.run(padded, hx, lengths, t0)
+            return repack(out, input), state
+        if self.population is None and isinstance(input, Tensor) and input.dim() == 2:
+            if lengths is not None:
+                raise BadInput(f"{name}: lengths given with an unbatched (T, I) input: one "
+                               f"sequence has no padding; drop lengths")
+            if hx is not None:
+                self._check_unbatched_state(hx)
+                hx = tuple(s.unsqueeze(1) for s in hx)
+            out, state = self.run(input.unsqueeze(1), hx, None, t0)
+            return out.squeeze(1), tuple(s.squeeze(1) for s in state)
+        if self.batch_first and isinstance(input, Tensor) and input.dim() == 3:
+            out, state = self.run(input.transpose(0, 1), hx, lengths, t0, batch_first=True)
+            return out.transpose(0, 1), state
+        return self.run(input, hx, lengths, t0, batch_first=self.batch_first)  # refused there
+
+    def step_forms(self, x_t: Tensor, hx: tuple[Tensor, ...] | None,
+                   t: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One time step of the sequence call, for decoding and online inference: x_t (B, I),
+        or (I,) for one unbatched sequence ((M, B, I) in a population), is time step ``t`` ->
+        the top layer's output (B, H) ((H,), (M, B, H)) and the states, as ``forward`` gives
+        them. Exactly ``forward(x_t[None], hx, t0=t)`` (``batch_first`` does not apply: x_t has
+        no time axis), so a loop of steps computes the sequence call; dropout between layers
+        draws a new mask at each step. Unidirectional only."""
+        name = f"{self._name}.step"
+        if self.bidirectional:
+            raise BadInput(f"{name}: a bidirectional layer's reverse direction reads the sequence "
+                           f"from its end; run the whole sequence through forward()")
+        if not isinstance(x_t, Tensor):
+            raise BadInput(f"{name}: x_t must be a Tensor (B, I); got {type(x_t).__name__}")
+        if self.population is None and x_t.dim() == 1:
+            out, state = self.forward_forms(x_t[None], hx, None, t)  # unbatched (1, I)
+            return out[0], state
+        out, state = self.run(x_t[None], hx, None, t)
+        return out[0], state
+
+    def _check_unbatched_state(self, hx) -> None:
+        lstm = self.n_states > 1
+        if isinstance(hx, (tuple, list)) and len(hx) == self.n_states:
+            for k, s in enumerate(hx):
+                if isinstance(s, Tensor) and s.dim() != 2:
+                    which = f"hidden[{k}]" if lstm else "hidden"
+                    raise BadInput(f"{self._name}: For unbatched 2-D input, "
+                                   f"{'hx and cx' if lstm else 'hx'} should also be 2-D but got "
+                                   f"{s.dim()}-D {which} of size {list(s.shape)}")
+            return
+        self._check_state(torch.empty(1, 1, self.input_size), hx, False)  # its error
+
     def run(self, input: Tensor, state: tuple[Tensor, ...] | None, lengths: Tensor | None,
-            t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+            t0: int = 0, batch_first: bool = False) -> tuple[Tensor, tuple[Tensor, ...]]:
         """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None,
         t0 the time step of input[0] -> output (T, B, D*H) (zeros at padded steps), final state
         tuple of (L*D, B, H). With a population: (T, M, B, I), (L*D, M, B, H), (M, B) or (B,)
-        -> (T, M, B, D*H), (L*D, M, B, H)."""
-        lengths = self.check_forward_args(input, state, lengths, t0)
+        -> (T, M, B, D*H), (L*D, M, B, H). ``batch_first``: for the messages only
+        (:meth:`check_forward_args`)."""
+        lengths = self.check_forward_args(input, state, lengths, t0, batch_first)
         T, B = input.shape[0], input.shape[-2]
-        D, H = self.num_directions, self.hidden_size
+        D = self.num_directions
         if state is None:
-            zeros = input.new_zeros(self.num_layers * D, *leading(self.population), B, H)
-            state = (zeros,) * self.n_states
+            state = tuple(input.new_zeros(self.num_layers * D, *leading(self.population), B, size)
+                          for size in self.state_sizes())
         backend = self.resolve_backend(input)
         if backend == "native":
             return self.native_forward(input, state, lengths)
@@ -529,8 +800,14 @@ class RecurrentStack(nn.Module):
         """norm='none' through PyTorch's own RNN kernels (cuDNN on GPU), with our weights."""
         weights = []
         for layer in self.layers:  # nn.LSTM's order: layer-major, direction-minor
-            weights += [layer.weight_ih, layer.weight_hh, layer.bias, torch.zeros_like(layer.bias)]
-        args = (weights, True, self.num_layers, self.dropout, self.training, self.bidirectional)
+            weights += [layer.weight_ih, layer.weight_hh]
+            if layer.bias_ih is not None:
+                weights += [layer.bias_ih, layer.bias_hh]
+            elif self.bias:  # b as b_ih, with b_hh = 0
+                weights += [layer.bias, torch.zeros_like(layer.bias)]
+            if layer.weight_hr is not None:  # ATen sees the projection from h0's size
+                weights.append(layer.weight_hr)
+        args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         hx = lambda states: states if self.n_states > 1 else states[0]  # noqa: E731 (_VF's form)
         with warnings.catch_warnings():
             # cuDNN copies our per-layer weights into its flat buffer at every call (and warns
@@ -548,6 +825,9 @@ class RecurrentStack(nn.Module):
             total_length=input.shape[0])
         return out, tuple(s.index_select(1, unorder) for s in last)
 
+
+# nn.LSTM's per-layer parameter names
+_TORCH_NAME = re.compile(r"(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(\d+)(_reverse)?")
 
 # what a norm module may have been changed in after construction, and must match in a population
 _NORM_SETTINGS = ("eps", "momentum")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_output, masked_update, member_linear
 from bnrnn.nn.variants import VARIANTS
@@ -39,7 +40,8 @@ class LSTMLayer(RecurrentLayer):
         p[t] is time step t0 + t (the per-step statistics it uses). A population's shapes:
         (T, M, B, 4H), (M, B, H), (T, M, B); member m's rows see only member m's weights.
         Returns the outputs (T, B, H) (zeros at padded steps) and the final (h, c), frozen
-        after each sequence's last real frame.
+        after each sequence's last real frame; with ``weight_hr`` (proj_size P) h and the
+        outputs are of size P.
         """
         h, c = state
         outs = []
@@ -50,6 +52,8 @@ class LSTMLayer(RecurrentLayer):
             i, f, g, o = a.chunk(4, dim=-1)
             c_t = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h_t = torch.sigmoid(o) * torch.tanh(self.norm_cell.step(c_t, s, m))
+            if self.weight_hr is not None:  # proj_size: h_t = W_hr (σ(o) tanh(N_cell(c_t)))
+                h_t = member_linear(h_t, self.weight_hr)
             h, c = masked_update(m, h_t, h), masked_update(m, c_t, c)
             outs.append(masked_output(m, h_t))
         return torch.stack(outs), (h, c)
@@ -58,14 +62,20 @@ class LSTMLayer(RecurrentLayer):
 class NormLSTM(RecurrentStack):
     """A stacked (bidirectional) LSTM with one of the normalization variants in the table above.
 
-    Args:
-        input_size, hidden_size, num_layers, bidirectional, dropout: as ``nn.LSTM`` (dropout
-            on the outputs of every layer but the last).
+    Args (``nn.LSTM``'s, in its order; the rest keyword-only):
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device, dtype: as ``nn.LSTM`` (dropout on the outputs of every layer but
+            the last; ``bias=False`` also drops the β of a BN replacing b; ``proj_size`` P > 0:
+            h_t = W_hr (σ(o) tanh(N_cell(c_t))), on the native and reference backends).
         norm: ``none | bn_input | bn_recurrent | ln | bn_sum``.
         init: ``pytorch`` (nn.LSTM's U(±1/sqrt(H))), ``uniform`` (U(±init_range), Zaremba et
             al.), ``glorot`` (per gate, zero bias: Laurent et al.), ``orthogonal`` (Cooijmans).
-        forget_bias: forget-gate block of b (or of the β replacing it); default per variant
-            (1 for bn_recurrent, as in Cooijmans' code; otherwise what ``init`` gives).
+        forget_bias: the forget-gate block of b (or of the β replacing it), for every variant
+            (``ln`` included); default per variant: 1 for bn_recurrent (Cooijmans' code),
+            otherwise what ``init`` gives (``forget_bias=1.0`` for ``ln`` is TensorFlow's
+            LayerNormBasicLSTMCell; README "Initialisation" tabulates every variant).
+        split_bias: keep ``nn.LSTM``'s two biases b_ih, b_hh (b = b_ih + b_hh) instead of one
+            b, so that optimizer steps too are nn.LSTM's (variants with a b only).
         stats: BN statistics of the input term: ``frame`` (per time step; language models,
             which must not see the future) or ``sequence`` (over batch and time, real frames
             only; speech). Norms inside the recurrence are always frame-wise.
@@ -77,10 +87,14 @@ class NormLSTM(RecurrentStack):
         population: None (an ordinary layer), or M: a population of M independent layers of
             this configuration run side by side (below; docs/population.md).
 
-    ``forward(input (T, B, I), state=None | (h0, c0) each (L*D, B, H), lengths=None | (B,),
-    *, t0=0)`` returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``. With ``lengths``, the
-    state stays frozen after each sequence's end, the reverse direction reads each sequence's
-    real frames only, outputs at padded steps are zero and no statistic sees padding.
+    ``forward(input (T, B, I), hx=None | (h0, c0) each (L*D, B, H), lengths=None | (B,),
+    *, t0=0)`` returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``, and takes its other
+    input forms too: (B, T, I) with ``batch_first``, one unbatched (T, I) sequence (states
+    (L*D, H)), a ``PackedSequence`` (output packed alike). With a projection h, h0 and the
+    output have P features instead of H. With ``lengths``, the state stays frozen after each
+    sequence's end, the reverse direction reads each sequence's real frames only, outputs at
+    padded steps are zero and no statistic sees padding. ``step(x_t, hx, t)`` is one time step.
+    An ``nn.LSTM`` state dict loads as it is (b = b_ih + b_hh); ``from_lstm`` / ``to_lstm``.
 
     Streaming: ``t0`` is the absolute time step of ``input[0]``. A long sequence run in chunks,
     each with the previous chunk's final state and its own ``t0``, computes what the whole
@@ -101,30 +115,39 @@ class NormLSTM(RecurrentStack):
     n_states = 2
     native_fn = staticmethod(torch._VF.lstm)
 
-    def forward(self, input: Tensor, state: tuple[Tensor, Tensor] | None = None,
-                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        out, (h, c) = self.run(input, state, lengths, t0)
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, norm: str = "none", **options):
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, proj_size=proj_size,
+                         device=device, dtype=dtype, norm=norm, **options)
+
+    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None,
+                lengths: Tensor | None = None, *, t0: int = 0
+                ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        out, (h, c) = self.forward_forms(input, hx, lengths, t0)
         return out, (h, c)
+
+    def step(self, x_t: Tensor, hx: tuple[Tensor, Tensor] | None = None, t: int = 0
+             ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One time step: x_t (B, I) at absolute step t, hx (h, c) each (L, B, H) or None ->
+        output (B, H), (h, c); equal to the sequence call step by step (``step_forms``)."""
+        out, (h, c) = self.step_forms(x_t, hx, t)
+        return out, (h, c)
+
+    torch_class = nn.LSTM
+    torch_class_arguments = ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                             "dropout", "bidirectional", "proj_size")
+
+    def torch_arguments(self) -> dict:
+        return {**super().torch_arguments(), "proj_size": self.proj_size}
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM, norm: str = "none", **options) -> "NormLSTM":
-        """A NormLSTM with ``lstm``'s weights (b = b_ih + b_hh, or into the β replacing b).
+        """A NormLSTM with ``lstm``'s configuration and weights (:meth:`from_torch`): with
+        ``norm='none'`` it computes exactly what ``lstm`` computes."""
+        return cls.from_torch(lstm, norm, **options)
 
-        With ``norm='none'`` it computes exactly what ``lstm`` computes.
-        """
-        if lstm.batch_first or lstm.proj_size:
-            raise ValueError("NormLSTM.from_lstm: batch_first and proj_size LSTMs are not supported")
-        new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bidirectional,
-                  lstm.dropout, norm, **options)
-        D = new.num_directions
-        with torch.no_grad():
-            for i, layer in enumerate(new.layers):
-                sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
-                layer.weight_ih.copy_(getattr(lstm, "weight_ih" + sfx))
-                layer.weight_hh.copy_(getattr(lstm, "weight_hh" + sfx))
-                shift = layer.gate_shift()
-                if lstm.bias and shift is not None:
-                    shift.copy_(getattr(lstm, "bias_ih" + sfx) + getattr(lstm, "bias_hh" + sfx))
-                elif shift is not None and not lstm.bias:
-                    shift.zero_()
-        return new.to(lstm.weight_ih_l0.device, lstm.weight_ih_l0.dtype)
+    def to_lstm(self) -> nn.LSTM:
+        """The ``nn.LSTM`` computing what this ``norm='none'`` layer computes (:meth:`to_torch`)."""
+        return self.to_torch()

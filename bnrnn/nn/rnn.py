@@ -14,7 +14,8 @@ step too) and one γ, β shared over time, as in the appendix grid search.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn.base import RecurrentLayer, RecurrentStack, masked_output, masked_update, member_linear
 
@@ -42,9 +43,11 @@ class TanhLayer(RecurrentLayer):
 class NormRNN(RecurrentStack):
     """A stacked (bidirectional) tanh RNN, ``norm`` in ``none | bn_input | bn_sum``.
 
-    Arguments as :class:`~bnrnn.nn.lstm.NormLSTM`. ``forward(input (T, B, I), state=None |
-    h0 (L*D, B, H), lengths=None | (B,), *, t0=0)`` returns ``output (T, B, D*H), h_n
-    (L*D, B, H)`` like ``nn.RNN``; ``t0`` (streaming chunks) and ``population=M`` (input
+    ``nn.RNN``'s arguments in its order (``nonlinearity='tanh'`` only), the rest keyword-only
+    as :class:`~bnrnn.nn.lstm.NormLSTM`'s. ``forward(input (T, B, I), hx=None | h0 (L*D, B, H),
+    lengths=None | (B,), *, t0=0)`` returns ``output (T, B, D*H), h_n (L*D, B, H)`` like
+    ``nn.RNN``, with its input forms (batch_first, unbatched, PackedSequence) and state dicts
+    (``from_rnn`` / ``to_rnn``); ``step(x_t, hx, t)`` is one time step; ``t0`` (streaming chunks) and ``population=M`` (input
     (T, M, B, I), h0 (L*D, M, B, H), lengths (M, B) or (B,)) as NormLSTM's.
     """
 
@@ -53,7 +56,41 @@ class NormRNN(RecurrentStack):
     n_states = 1
     native_fn = staticmethod(torch._VF.rnn_tanh)
 
-    def forward(self, input: Tensor, state: Tensor | None = None,
-                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor, Tensor]:
-        out, (h,) = self.run(input, None if state is None else (state,), lengths, t0)
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 norm: str = "none", **options):
+        if nonlinearity != "tanh":
+            raise ValueError(f"NormRNN: nonlinearity={nonlinearity!r} is not supported: the "
+                             f"normalized variants (and their fused kernels) are tanh RNNs, as "
+                             f"in Laurent et al.; use nonlinearity='tanh' (or nn.RNN)")
+        if options.get("forget_bias") is not None:
+            raise ValueError("NormRNN: forget_bias is the LSTM's forget-gate bias; a tanh RNN has "
+                             "no forget gate: drop it")
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, device=device,
+                         dtype=dtype, norm=norm, **options)
+
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None,
+                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor | PackedSequence, Tensor]:
+        out, (h,) = self.forward_forms(input, None if hx is None else (hx,), lengths, t0)
         return out, h
+
+    def step(self, x_t: Tensor, hx: Tensor | None = None, t: int = 0) -> tuple[Tensor, Tensor]:
+        """One time step: x_t (B, I) at absolute step t, hx (L, B, H) or None -> output (B, H),
+        h; equal to the sequence call step by step (``step_forms``)."""
+        out, (h,) = self.step_forms(x_t, None if hx is None else (hx,), t)
+        return out, h
+
+    torch_class = nn.RNN
+    torch_class_arguments = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias",
+                             "batch_first", "dropout", "bidirectional")
+
+    @classmethod
+    def from_rnn(cls, rnn: nn.RNN, norm: str = "none", **options) -> "NormRNN":
+        """A NormRNN with ``rnn``'s configuration and weights (:meth:`from_torch`)."""
+        return cls.from_torch(rnn, norm, **options)
+
+    def to_rnn(self) -> nn.RNN:
+        """The ``nn.RNN`` computing what this ``norm='none'`` layer computes (:meth:`to_torch`)."""
+        return self.to_torch()

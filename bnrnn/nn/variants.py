@@ -13,7 +13,7 @@ act inside the recurrence, one time step at a time, and so use frame-wise statis
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -53,6 +53,15 @@ VARIANTS: dict[str, Variant] = {
     # BN(W_h h + W_x x; γ, β), per-step statistics, γ/β shared over time
     "bn_sum": Variant(None, None, BN, None, False, 1.0, None, "Laurent et al. 2016, eq. 17"),
 }
+
+
+def without_bias(variant: Variant) -> Variant:
+    """``variant`` with no additive term in its gates' pre-activation (``bias=False``, as
+    ``nn.LSTM``'s): b removed, and the β of the N_ih or N_sum batch norm that replaces b fixed at 0.
+    N_cell's β_c shifts the normalized cell, not a gate, and stays."""
+    def fixed(slot: Slot | None) -> Slot | None:
+        return None if slot is None else replace(slot, shift=False)
+    return replace(variant, bias=False, ih=fixed(variant.ih), sum=fixed(variant.sum))
 
 
 def make_norm(slot: Slot | None, num_features: int, *, stats: str, max_steps: int,

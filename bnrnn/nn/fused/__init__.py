@@ -65,6 +65,9 @@ def refusal_of(layer, batch: int) -> Exception | None:
     kernel computes it."""
     if triton is None:
         return RuntimeError("backend='fused' needs Triton: pip install triton (or use backend='reference')")
+    if getattr(layer, "weight_hr", None) is not None:
+        return NotImplementedError("backend='fused' has no kernel for proj_size > 0; use "
+                                   "backend='reference' (backend='auto' does)")
     if (layer.gates, layer.has_cell) not in ((4, True), (1, False)):
         return NotImplementedError(f"backend='fused' has no kernel for {type(layer).__name__}; "
                                    f"use backend='reference'")
