@@ -27,6 +27,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from bnrnn.data.ptb_char import CROPS, ENCODINGS, EXAMPLES
 from bnrnn.nn.base import BACKENDS
 from bnrnn.nn.norms import STATS
 from bnrnn.nn.rnn import NormRNN
@@ -210,7 +211,8 @@ SYNTHETIC_SPLITS = ("train", "dev", "test")
 DATA = {
     "bnrnn.data.ptb.PTBWordData": Group({**_LOCAL, **_BATCHES, "bptt": POSITIVE}),
     "bnrnn.data.ptb_char.PTBCharData": Group({**_LOCAL, **_BATCHES, "seq_len": POSITIVE,
-                                              "seed": SEED}),
+                                              "seed": SEED, "encoding": one_of(*ENCODINGS),
+                                              "examples": one_of(*EXAMPLES), "crop": one_of(*CROPS)}),
     "bnrnn.data.speech.synthetic.SyntheticSpeechData": Group({
         **_SPEECH,
         "text_cache_dir": string(),
