@@ -4,7 +4,9 @@ dropout and state handling (:class:`RecurrentStack`). ``NormLSTM`` and ``NormRNN
 their cell's time step.
 
 Shapes are time-major like ``nn.LSTM``: input (T, B, I), output (T, B, D*H), states
-(L*D, B, H), ``lengths`` (B,). Gate order i, f, g, o (``nn.LSTM``'s).
+(L*D, B, H), ``lengths`` (B,). Gate order i, f, g, o (``nn.LSTM``'s). ``t0`` is the absolute
+time step of the input's first frame (a chunk of a stream, the state carried): frame-wise
+batch-norm statistics of frame t are those of step t0 + t.
 """
 from __future__ import annotations
 
@@ -123,21 +125,23 @@ class RecurrentLayer(nn.Module):
     def norms(self) -> list[nn.Module]:
         return [self.norm_ih, self.norm_hh, self.norm_sum] + ([self.norm_cell] if self.has_cell else [])
 
-    def input_term(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """N_ih(W_x x) + b for all time steps at once: x (T, B, I) -> (T, B, G*H)."""
-        p = self.norm_ih(F.linear(x, self.weight_ih), mask)
+    def input_term(self, x: Tensor, mask: Tensor | None, t0: int = 0) -> Tensor:
+        """N_ih(W_x x) + b for all time steps at once: x (T, B, I) -> (T, B, G*H); x[t] is
+        time step t0 + t."""
+        p = self.norm_ih(F.linear(x, self.weight_ih), mask, t0)
         return p + self.bias if self.bias is not None else p
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
-                backend: str) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """x (T, B, I), state tuple of (B, H), mask (T, B) or None -> output (T, B, H), state."""
-        p = self.input_term(x, mask)
+                backend: str, t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """x (T, B, I), state tuple of (B, H), mask (T, B) or None -> output (T, B, H), state;
+        x[t] is time step t0 + t."""
+        p = self.input_term(x, mask, t0)
         if backend == "fused":
-            return fused.recurrence(self, p, state, mask)
-        return self.reference_recurrence(p, state, mask)
+            return fused.recurrence(self, p, state, mask, t0)
+        return self.reference_recurrence(p, state, mask, t0)
 
-    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, ...],
-                             mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
+                             t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -222,8 +226,8 @@ class RecurrentStack(nn.Module):
 
     # ------------------------------------------------------------------ input checks
     def check_forward_args(self, input: Tensor, state: tuple[Tensor, ...] | None,
-                           lengths) -> Tensor | None:
-        """Refuse a bad ``input``, ``state`` or ``lengths`` before any work, on every backend.
+                           lengths, t0: int = 0) -> Tensor | None:
+        """Refuse a bad ``input``, ``state``, ``lengths`` or ``t0`` before any work, on every backend.
 
         cuDNN/ATen and the Triton kernels index memory by the shapes they are given, so a
         wrong shape there is a crash or silent garbage rather than an error; the reference
@@ -235,6 +239,7 @@ class RecurrentStack(nn.Module):
         is given (a CUDA ``lengths`` costs that one sync; a list or CPU tensor none).
         """
         name = type(self).__name__
+        self._check_t0(t0)
         if not isinstance(input, Tensor):
             raise BadInput(f"{name}: input must be a Tensor (T, B, I); got {type(input).__name__}")
         if input.dim() != 3:
@@ -274,6 +279,16 @@ class RecurrentStack(nn.Module):
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=input.device)
         return lengths
+
+    def _check_t0(self, t0) -> None:
+        name = type(self).__name__
+        if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
+            raise BadInput(f"{name}: t0 must be a non-negative int, the absolute time step of the "
+                           f"input's first frame; got {t0!r}")
+        if t0 and self.bidirectional:
+            raise BadInput(f"{name}: t0={t0} with bidirectional=True: the reverse direction reads "
+                           f"each sequence from its end, which has no absolute time step; run "
+                           f"a bidirectional layer on whole sequences (t0=0)")
 
     def _check_state(self, input: Tensor, state: tuple, autocast: bool) -> None:
         name = type(self).__name__
@@ -323,11 +338,12 @@ class RecurrentStack(nn.Module):
         return lengths, hi
 
     # ------------------------------------------------------------------ forward
-    def run(self, input: Tensor, state: tuple[Tensor, ...] | None,
-            lengths: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None
-        -> output (T, B, D*H) (zeros at padded steps), final state tuple of (L*D, B, H)."""
-        lengths = self.check_forward_args(input, state, lengths)
+    def run(self, input: Tensor, state: tuple[Tensor, ...] | None, lengths: Tensor | None,
+            t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """input (T, B, I), state: tuple of (L*D, B, H) or None (zeros), lengths (B,) or None,
+        t0 the time step of input[0] -> output (T, B, D*H) (zeros at padded steps), final state
+        tuple of (L*D, B, H)."""
+        lengths = self.check_forward_args(input, state, lengths, t0)
         T, B, _ = input.shape
         D, H = self.num_directions, self.hidden_size
         if state is None:
@@ -343,7 +359,7 @@ class RecurrentStack(nn.Module):
             for d in range(D):
                 i = k * D + d
                 xd = x if d == 0 else reverse_padded(x, lengths)
-                out, last = self.layers[i](xd, tuple(s[i] for s in state), mask, backend)
+                out, last = self.layers[i](xd, tuple(s[i] for s in state), mask, backend, t0)
                 outs.append(out if d == 0 else reverse_padded(out, lengths))
                 finals.append(last)
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)

@@ -32,11 +32,12 @@ class LSTMLayer(RecurrentLayer):
 
     gates, has_cell = 4, True
 
-    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, Tensor],
-                             mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def reference_recurrence(self, p: Tensor, state: tuple[Tensor, Tensor], mask: Tensor | None,
+                             t0: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The plain loop every fast path is tested against.
 
-        p: N_ih(W_x x) + b, (T, B, 4H); state: (h0, c0), each (B, H); mask: (T, B) or None.
+        p: N_ih(W_x x) + b, (T, B, 4H); state: (h0, c0), each (B, H); mask: (T, B) or None;
+        p[t] is time step t0 + t (the per-step statistics it uses).
         Returns the outputs (T, B, H) (zeros at padded steps) and the final (h, c), frozen
         after each sequence's last real frame.
         """
@@ -44,11 +45,11 @@ class LSTMLayer(RecurrentLayer):
         outs = []
         steps = p.unbind(0)  # not p[t]: each p[t]'s backward would allocate a full (T, B, 4H) zero tensor (O(T²))
         for t in range(p.shape[0]):
-            m = None if mask is None else mask[t]
-            a = self.norm_sum.step(steps[t] + self.norm_hh.step(F.linear(h, self.weight_hh), t, m), t, m)
+            m, s = None if mask is None else mask[t], t0 + t
+            a = self.norm_sum.step(steps[t] + self.norm_hh.step(F.linear(h, self.weight_hh), s, m), s, m)
             i, f, g, o = a.chunk(4, dim=1)
             c_t = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_t = torch.sigmoid(o) * torch.tanh(self.norm_cell.step(c_t, t, m))
+            h_t = torch.sigmoid(o) * torch.tanh(self.norm_cell.step(c_t, s, m))
             h, c = masked_update(m, h_t, h), masked_update(m, c_t, c)
             outs.append(h_t if m is None else h_t * m.unsqueeze(1).to(h_t.dtype))
         return torch.stack(outs), (h, c)
@@ -74,10 +75,16 @@ class NormLSTM(RecurrentStack):
         backend: ``auto`` (cuDNN for none, our fused kernels on CUDA, else the reference
             loop), ``native`` (none only), ``fused`` or ``reference``.
 
-    ``forward(input (T, B, I), state=None | (h0, c0) each (L*D, B, H), lengths=None | (B,))``
-    returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``. With ``lengths``, the state
-    stays frozen after each sequence's end, the reverse direction reads each sequence's real
-    frames only, outputs at padded steps are zero and no statistic sees padding.
+    ``forward(input (T, B, I), state=None | (h0, c0) each (L*D, B, H), lengths=None | (B,),
+    *, t0=0)`` returns ``output (T, B, D*H), (h_n, c_n)`` like ``nn.LSTM``. With ``lengths``, the
+    state stays frozen after each sequence's end, the reverse direction reads each sequence's
+    real frames only, outputs at padded steps are zero and no statistic sees padding.
+
+    Streaming: ``t0`` is the absolute time step of ``input[0]``. A long sequence run in chunks,
+    each with the previous chunk's final state and its own ``t0``, computes what the whole
+    sequence computes: frame-wise BN uses (and in training updates) the population statistic of
+    step t0 + t (steps >= max_steps use the last one). Unidirectional only (a reverse direction
+    has no absolute time); sequence-wise statistics are over the chunk given.
     """
 
     layer_class = LSTMLayer
@@ -86,8 +93,8 @@ class NormLSTM(RecurrentStack):
     native_fn = staticmethod(torch._VF.lstm)
 
     def forward(self, input: Tensor, state: tuple[Tensor, Tensor] | None = None,
-                lengths: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        out, (h, c) = self.run(input, state, lengths)
+                lengths: Tensor | None = None, *, t0: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, (h, c) = self.run(input, state, lengths, t0)
         return out, (h, c)
 
     @classmethod

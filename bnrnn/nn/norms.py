@@ -6,8 +6,9 @@ time, real frames only: Laurent et al. eqs. 20-21), and layer norm (Ba et al. 20
 
 Every module normalizes the last dimension's ``num_features`` features and has two entry points:
 
-- ``forward(x, mask=None)`` for a whole sequence ``x`` (T, B, F): the input-to-hidden term
-  ``W_x x`` does not depend on the recurrence and is normalized for all time steps at once;
+- ``forward(x, mask=None, t0=0)`` for a whole sequence ``x`` (T, B, F) whose first frame is
+  time step ``t0`` (a chunk of a longer stream): the input-to-hidden term ``W_x x`` does not
+  depend on the recurrence and is normalized for all time steps at once;
 - ``step(x, t, mask=None)`` for time step ``t`` of the recurrence, ``x`` (B, F): ``W_h h``,
   the cell ``c_t`` or the summed pre-activation.
 
@@ -56,7 +57,7 @@ def _numel(x: Tensor, dims: tuple[int, ...]) -> int:
 class NoNorm(nn.Module):
     """The identity with the normalization interface (variant ``none``'s slots)."""
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, t0: int = 0) -> Tensor:
         return x
 
     def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:
@@ -184,8 +185,10 @@ class SeqBatchNorm(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     # -------------------------------------------------------------- forward
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x: (T, B, F), mask: (T, B) bool or None -> (T, B, F); time steps start at t = 0."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, t0: int = 0) -> Tensor:
+        """x: (T, B, F), mask: (T, B) bool or None -> (T, B, F). x[t] is time step t0 + t: its
+        frame-wise population statistic (evaluation) and the one it updates (training) are those
+        of step t0 + t. Sequence-wise statistics are over the chunk given, whatever t0."""
         T = x.shape[0]
         self.check_values(x.shape[1] if self.stats == "frame" else x.shape[0] * x.shape[1], x.shape)
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -195,11 +198,11 @@ class SeqBatchNorm(nn.Module):
             if self.stats == "sequence":
                 self.update_running(0, mean.reshape(1, -1), var.reshape(1, -1), n.reshape(1))
             else:
-                self.update_running(0, mean.squeeze(1), var.squeeze(1), n.reshape(T))
+                self.update_running(t0, mean.squeeze(1), var.squeeze(1), n.reshape(T))
         elif self.stats == "sequence":
             mean, var = self.running_mean[0], self.running_var[0]
         else:
-            idx = self.slots(0, T, x.device)
+            idx = self.slots(t0, T, x.device)
             mean, var = self.running_mean[idx].unsqueeze(1), self.running_var[idx].unsqueeze(1)
         return self._normalize(xf, mean, var).to(x.dtype)
 
@@ -247,7 +250,7 @@ class SeqLayerNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, shift={self.bias is not None}"
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, t0: int = 0) -> Tensor:
         return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
 
     def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:

@@ -101,11 +101,13 @@ def _plan(layer, p: Tensor, mask: Tensor | None) -> Plan:
                      eps=normed[0].eps if normed else 1e-5, gates=layer.gates)
 
 
-def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
-               mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+def recurrence(layer, p: Tensor, state: tuple[Tensor, ...], mask: Tensor | None,
+               t0: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Same contract as the layer's ``reference_recurrence``: p (T, B, G*H), state (h0, c0) or
-    (h0,) each (B, H), mask (T, B) bool or None -> output (T, B, H), final state; updates
-    population statistics in training like the reference. Raises :func:`refusal_of`'s error."""
+    (h0,) each (B, H), mask (T, B) bool or None, p[t] time step t0 + t -> output (T, B, H),
+    final state; updates population statistics in training like the reference. Raises
+    :func:`refusal_of`'s error. The kernels see step t's statistics only, so ``t0`` is applied
+    here, where the per-step statistics are sliced."""
     if triton is not None and not (p.is_cuda or interpreting()):
         raise RuntimeError("backend='fused' runs Triton kernels: it needs a CUDA tensor, or "
                            "TRITON_INTERPRET=1 for the CPU interpreter (tests); use backend='reference' on CPU")
@@ -123,7 +125,7 @@ def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
     given: dict = {"mask": None if mask is None else mask.to(torch.int8).contiguous()}
     if not plan_.train:  # BN in evaluation: population statistics, T_max rule
         for name in bns:
-            idx = norms[name].slots(0, T, p.device)
+            idx = norms[name].slots(t0, T, p.device)
             given["mean_" + name] = norms[name].running_mean[idx]
             given["var_" + name] = norms[name].running_var[idx]
     h0, c0 = state[0].contiguous(), state[1].contiguous() if layer.has_cell else None
@@ -135,5 +137,5 @@ def recurrence(layer, p: Tensor, state: tuple[Tensor, ...],
         stats = dict(zip(STATS, stats))
         n = (mask.sum(1) if mask is not None else torch.full((T,), B, device=p.device)).to(p.dtype)
         for name in bns:
-            norms[name].update_running(0, stats["mean_" + name], stats["var_" + name], n)
+            norms[name].update_running(t0, stats["mean_" + name], stats["var_" + name], n)
     return out, (h_n,) if c_n is None else (h_n, c_n)
