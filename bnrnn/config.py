@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from bnrnn.data.ptb_char import CROPS, ENCODINGS, EXAMPLES
+from bnrnn.models.char import DECODER_INITS, ORTHOGONAL
 from bnrnn.nn.base import BACKENDS
 from bnrnn.nn.norms import STATS
 from bnrnn.nn.rnn import NormRNN
@@ -263,7 +264,9 @@ MODEL = {
         "norm": one_of(*NormRNN.norms_allowed), "norm_options": _norm_options()}),
     "bnrnn.models.char.CharLSTM": Group({
         "hidden_size": POSITIVE, "num_layers": POSITIVE, "norm": _LSTM_NORMS,
-        "embedding_size": optional(POSITIVE), "norm_options": _norm_options()}),
+        "embedding_size": optional(POSITIVE), "norm_options": _norm_options(),
+        "orthogonal": one_of(*ORTHOGONAL), "decoder_init": one_of(*DECODER_INITS),
+        "learn_initial_state": BOOL, "cell_bias": BOOL}),
     "bnrnn.models.speech.FramewiseClassifier": Group({
         "hidden_size": POSITIVE, "num_layers": POSITIVE, "dropout": PROBABILITY, "norm": _LSTM_NORMS,
         "stats": one_of(*STATS), "norm_options": _norm_options(stats=False)}),  # stats: its own key
@@ -404,6 +407,14 @@ def _check_cross(c: dict) -> None:
     if stats == "sequence" and applies and VARIANTS[norm].ih is None:
         raise ConfigError(stats_key, f"sequence statistics apply to the input term only, which "
                           f"model.norm={norm} does not normalize; allowed: frame", stats)
+
+    if model.get("cell_bias") and VARIANTS[norm].cell is not None:
+        raise ConfigError("model.cell_bias", f"is the unnormalized baseline's tanh(c + β_c); "
+                          f"model.norm={norm} already normalizes and shifts the cell: use "
+                          f"model.cell_bias=false", True)
+    if model.get("cell_bias") and options.get("backend") in ("native", "fused"):
+        raise ConfigError("model.norm_options.backend", "model.cell_bias=true runs on the reference "
+                          "loop only; allowed: auto, reference", options.get("backend"))
 
     optim = c["optim"]
     if optim.get("nesterov") and (optim.get("momentum", 0) <= 0 or optim.get("dampening", 0) != 0):
