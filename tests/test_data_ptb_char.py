@@ -60,23 +60,23 @@ def test_cut_sequences_targets_are_inputs_shifted():
 
 
 def test_disjoint_examples_predict_their_last_symbols():
-    """Cooijmans' code: examples of L symbols, L - 1 steps, the first symbol of each unpredicted."""
-    inputs, targets = cut_sequences(torch.arange(23), 5, "disjoint")  # 23 // 5 = 4 examples
+    """Cooijmans' code: examples of L + 1 symbols, L steps, the first symbol of each unpredicted."""
+    inputs, targets = cut_sequences(torch.arange(23), 4, "disjoint")  # 23 // 5 = 4 examples
     assert inputs.shape == targets.shape == (4, 4)
     assert inputs[1].tolist() == [5, 6, 7, 8] and targets[1].tolist() == [6, 7, 8, 9]
     assert 5 not in targets and 10 not in targets  # each example's first symbol
-    inputs, targets = cut_sequences(torch.arange(23), 5, "disjoint", offset=4, count=3)
+    inputs, targets = cut_sequences(torch.arange(23), 4, "disjoint", offset=4, count=3)
     assert inputs[:, 0].tolist() == [4, 9, 14] and targets[-1].tolist() == [15, 16, 17, 18]
     with pytest.raises(ValueError, match="examples must be one of shifted, disjoint"):
         cut_sequences(torch.arange(23), 5, "overlapping")
 
 
 def test_random_crop_offsets_are_per_epoch_and_keep_the_batch_count(ptb_char_root, corpus):
-    data = PTBCharData(root=str(ptb_char_root), seq_len=20, batch_size=8, seed=5, crop="random",
-                       examples="disjoint")
+    data = PTBCharData(root=str(ptb_char_root), seq_len=19, batch_size=8, seed=5, crop="random",
+                       examples="disjoint")  # the code's examples of 20 symbols
     stream = corpus["train"]
     S = stream.numel() // 20 - 1  # penntreebank.py: int(len / length) - 1 with augment
-    assert len(data.sequences["train"][0]) == S and data.steps == 19
+    assert len(data.sequences["train"][0]) == S
     offsets = [epoch_offset(20, 5, e) for e in range(1, 9)]
     assert all(0 <= o < 20 for o in offsets) and len(set(offsets)) > 1
     assert offsets == [epoch_offset(20, 5, e) for e in range(1, 9)]  # resumable
@@ -87,7 +87,7 @@ def test_random_crop_offsets_are_per_epoch_and_keep_the_batch_count(ptb_char_roo
         assert torch.equal(targets[3], stream[offset + 61: offset + 80])
         assert sum(b[0].shape[1] for b in data.batches("train", epoch)) == (S // 8) * 8
     # evaluation never crops; an uncropped run is unchanged
-    assert torch.equal(data.epoch_sequences("valid", 3)[0], cut_sequences(corpus["valid"], 20, "disjoint")[0])
+    assert torch.equal(data.epoch_sequences("valid", 3)[0], cut_sequences(corpus["valid"], 19, "disjoint")[0])
     plain = PTBCharData(root=str(ptb_char_root), seq_len=20, batch_size=8, seed=5)
     assert torch.equal(plain.epoch_sequences("train", 2)[0], cut_sequences(stream, 20)[0])
 

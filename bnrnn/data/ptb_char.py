@@ -10,15 +10,17 @@ Batching (Laurent et al.: "predict the next characters of a fixed length sequenc
 symbols"): each split's symbol stream is cut into non-overlapping sequences (``examples``):
 
 - ``shifted`` (the default): sequence i reads symbols [i*L, (i+1)*L) and predicts
-  [i*L + 1, (i+1)*L + 1), so every symbol but the first is predicted: L steps per sequence.
-- ``disjoint`` (Cooijmans et al.'s code, ``penntreebank.py`` l. 98-101 and 359): examples of L
-  symbols, [i*L, (i+1)*L), each predicting its last L - 1 symbols from its first L - 1: L - 1
-  steps, and the first symbol of every example is never predicted.
+  [i*L + 1, (i+1)*L + 1), so every symbol but the first is predicted.
+- ``disjoint`` (Cooijmans et al.'s code, ``penntreebank.py`` l. 98-101 and 359): examples of
+  L + 1 symbols that share none, [i*(L+1), (i+1)*(L+1)), each predicting its last L symbols
+  from its first L; the first symbol of every example is never predicted. The code's examples
+  of ``--length 100`` are ``seq_len=99``.
 
-``crop="random"`` (Cooijmans et al. §5.2: "for each epoch we randomly crop a subsequence that
-[divides by 100]"; their code, ``penntreebank.py`` l. 85-101) starts the training cut at an
-offset drawn in [0, L) for each epoch and keeps one sequence fewer, so every epoch has the same
-number of batches. Training batches shuffle the sequences with generators seeded from
+Either way ``seq_len`` = L is the number of time steps of a sequence (T_max of its per-step BN
+statistics). ``crop="random"`` (Cooijmans et al. §5.2: "for each epoch we randomly crop a
+subsequence that [divides by 100]"; their code, ``penntreebank.py`` l. 85-101) starts the
+training cut at an offset drawn in [0, stride) for each epoch (stride: L, or L + 1 for disjoint
+examples) and keeps one sequence fewer, so every epoch has the same number of batches. Training batches shuffle the sequences with generators seeded from
 (seed, epoch) — a resumed run sees the same offset and order — and drop the last incomplete
 batch (a batch of one sequence has no batch statistics); evaluation never crops and keeps the
 stream order and every sequence. No state is carried from one batch to the next.
@@ -128,38 +130,38 @@ class PTBCharCorpus:
 
 def cut_sequences(stream: torch.Tensor, seq_len: int, examples: str = "shifted", offset: int = 0,
                   count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) symbol stream -> (inputs, targets), each (S, steps), cut from ``stream[offset:]``.
+    """(N,) symbol stream -> (inputs, targets), each (S, seq_len), cut from ``stream[offset:]``.
 
     ``shifted``: sequence i is stream[o + i*L : o + (i+1)*L] and its target the same shifted by
-    one; steps = L, S = (N - 1 - o) // L. ``disjoint``: example i is stream[o + i*L : o + (i+1)*L],
-    its input the first L - 1 symbols and its target the last L - 1; steps = L - 1,
-    S = (N - o) // L. ``count`` takes only the first ``count`` sequences (a random crop keeps the
-    same number in every epoch). Either way the sequences do not overlap in their targets, and
-    the tail of the stream that fills no whole sequence is dropped.
+    one; S = (N - 1 - o) // L. ``disjoint``: example i is stream[o + i*E : o + (i+1)*E] with
+    E = L + 1, its input the first L symbols and its target the last L; S = (N - o) // E.
+    ``count`` takes only the first ``count`` sequences (a random crop keeps the same number in
+    every epoch). The sequences never share a target, and the tail of the stream that fills no
+    whole sequence is dropped.
     """
     if examples not in EXAMPLES:
         raise ValueError(f"cut_sequences: examples must be one of {', '.join(EXAMPLES)}; got {examples!r}")
-    if seq_len < (2 if examples == "disjoint" else 1):
-        raise ValueError(f"cut_sequences: seq_len must be >= {2 if examples == 'disjoint' else 1} "
-                         f"for {examples} examples; got {seq_len}")
-    need = 1 if examples == "shifted" else 0  # the symbol a shifted cut predicts past its end
-    S = (stream.numel() - need - offset) // seq_len
+    if seq_len < 1:
+        raise ValueError(f"cut_sequences: seq_len must be >= 1; got {seq_len}")
+    E = stride(seq_len, examples)
+    ahead = 1 if examples == "shifted" else 0  # the symbol a shifted cut predicts past its end
+    S = (stream.numel() - ahead - offset) // E
     if count is not None:
         S = min(S, count)
     if S < 1:
         raise ValueError(f"cut_sequences: a stream of {stream.numel()} symbols holds no sequence "
                          f"of {seq_len} ({examples}); use a smaller data.seq_len")
     if examples == "disjoint":
-        block = stream[offset: offset + S * seq_len].view(S, seq_len)
+        block = stream[offset: offset + S * E].view(S, E)
         return block[:, :-1], block[:, 1:]
-    inputs = stream[offset: offset + S * seq_len].view(S, seq_len)
-    targets = stream[offset + 1: offset + S * seq_len + 1].view(S, seq_len)
+    inputs = stream[offset: offset + S * E].view(S, E)
+    targets = stream[offset + 1: offset + S * E + 1].view(S, E)
     return inputs, targets
 
 
-def steps_per_sequence(seq_len: int, examples: str) -> int:
-    """Time steps one sequence gives the model (T_max of its per-step BN statistics)."""
-    return seq_len - 1 if examples == "disjoint" else seq_len
+def stride(seq_len: int, examples: str) -> int:
+    """Symbols from one sequence's start to the next's: L, or L + 1 for disjoint examples."""
+    return seq_len + 1 if examples == "disjoint" else seq_len
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -170,28 +172,29 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def epoch_offset(seq_len: int, seed: int, epoch: int) -> int:
-    """The random crop's start in ``epoch``, in [0, seq_len): a function of (seed, epoch) only,
+def epoch_offset(span: int, seed: int, epoch: int) -> int:
+    """The random crop's start in ``epoch``, in [0, span): a function of (seed, epoch) only,
     drawn apart from the shuffle (``penntreebank.py`` l. 96: ``np.random.randint(self.length)``)."""
     state = np.random.SeedSequence([seed, epoch, 1]).generate_state(1, dtype=np.uint64)[0]
-    return int(state % np.uint64(seq_len))
+    return int(state % np.uint64(span))
 
 
 class PTBCharData:
     """Char PTB for the trainer (a :class:`bnrnn.contracts.DataModule`): fixed-length sequences,
     time-major batches, no carried state.
 
-    Batches are (input, target), each (T, B) symbol ids, T = ``steps_per_sequence``.
+    Batches are (input, target), each (T, B) = (seq_len, batch) symbol ids.
 
     Args:
         root, cache_dir, download, encoding: see :class:`PTBCharCorpus`.
-        seq_len: symbols per sequence (100 in Laurent et al. and Cooijmans et al.).
+        seq_len: time steps per sequence (100 in Laurent et al. and Cooijmans et al.'s text;
+            99 in Cooijmans' code, whose examples of 100 symbols are ``disjoint``).
         batch_size: training sequences per batch (the grid search draws 32, 64 or 128).
         eval_batch_size: sequences per valid/test batch (the last one may be smaller).
         seed: seeds the per-epoch shuffle (and crop) together with the epoch number.
         limit_batches: use only the first N batches of every split (smoke tests, reduced grids).
-        examples: ``shifted`` (L steps per sequence) or ``disjoint`` (L - 1; Cooijmans' code).
-        crop: ``none`` or ``random`` (a new training offset in [0, L) per epoch).
+        examples: ``shifted`` or ``disjoint`` (examples of L + 1 symbols; Cooijmans' code).
+        crop: ``none`` or ``random`` (a new training offset per epoch).
     """
 
     stateful = False
@@ -227,11 +230,6 @@ class PTBCharData:
     def dims(self) -> dict:
         return {"vocab_size": self.corpus.vocab_size}
 
-    @property
-    def steps(self) -> int:
-        """Time steps per sequence: seq_len, or seq_len - 1 for disjoint examples."""
-        return steps_per_sequence(self.seq_len, self.examples)
-
     def stream(self, split: str) -> torch.Tensor:
         """The whole split as one (N,) stream of symbol ids."""
         return self.corpus[split]
@@ -246,7 +244,7 @@ class PTBCharData:
         at this epoch's offset under ``crop="random"``; every other cut is fixed."""
         if split != "train" or self.crop == "none":
             return self.sequences[split]
-        offset = epoch_offset(self.seq_len, self.seed, epoch)
+        offset = epoch_offset(stride(self.seq_len, self.examples), self.seed, epoch)
         return cut_sequences(self.corpus[split], self.seq_len, self.examples, offset,
                              count=len(self.sequences[split][0]))
 
