@@ -164,8 +164,9 @@ def test_baseline_cell_bias_matches_the_equations():
     assert torch.allclose(got, want, atol=1e-12)
     assert not torch.allclose(got, lstm_brute(layer, emb, zeros, zeros, 0.0), atol=1e-3)
     assert "norm_cell.bias" in dict(model.rnn.layers[0].named_parameters())
-    with pytest.raises(ValueError, match="already normalizes"):
-        CharLSTM(V, hidden_size=6, norm="bn_recurrent", cell_bias=True)
+    # a normalized cell keeps its own β_c (the code's BN-LSTM): nothing is added
+    bn = CharLSTM(V, hidden_size=6, norm="bn_recurrent", cell_bias=True)
+    assert type(bn.rnn.layers[0].norm_cell).__name__ == "SeqBatchNorm" and bn.rnn.backend == "auto"
     with pytest.raises(ValueError, match="no 'native' kernel"):
         CharLSTM(V, hidden_size=6, cell_bias=True, norm_options={"backend": "native"})
 

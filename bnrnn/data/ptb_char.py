@@ -25,7 +25,7 @@ examples) and keeps one sequence fewer, so every epoch has the same number of ba
 batch (a batch of one sequence has no batch statistics); evaluation never crops and keeps the
 stream order and every sequence. No state is carried from one batch to the next.
 ``stream(split)`` is the whole split as one symbol stream (whole-stream evaluation,
-``bnrnn.evaluation``).
+``bnrnn.evaluation``), cut to what ``limit_batches`` batches hold when that is set.
 
 ``encoding``: ``bnrnn`` gives each line its characters and one end-of-line symbol.
 ``cooijmans`` stands for the encoding of the official code's ``char_level_penntree.npz``, which
@@ -231,8 +231,13 @@ class PTBCharData:
         return {"vocab_size": self.corpus.vocab_size}
 
     def stream(self, split: str) -> torch.Tensor:
-        """The whole split as one (N,) stream of symbol ids."""
-        return self.corpus[split]
+        """The whole split as one (N,) stream of symbol ids; under ``limit_batches`` only the
+        symbols its first N batches hold (+ the last target)."""
+        stream = self.corpus[split]
+        if self.limit:
+            span = self.limit * self.batch_size[split] * stride(self.seq_len, self.examples)
+            stream = stream[: span + 1]
+        return stream
 
     def num_batches(self, split: str) -> int:
         S, B = len(self.sequences[split][0]), self.batch_size[split]

@@ -171,10 +171,12 @@ class CharLSTM(CharLM):
     orthonormal rows, as the code's (H, V) ``Wy`` (l. 346). ``decoder.bias`` (V) zero.
     ``learn_initial_state``: (h0, c0) are parameters, zeros at first, shared by every sequence
     (the code's ``h0``/``c0``, l. 198-199, 277-278; the paper's §2 calls them model
-    parameters); otherwise every sequence starts from zeros. ``cell_bias``: the baseline's
-    ``tanh(c_t + β_c)`` (:class:`CellBias`; ``norm='none'`` only, whose cell slot is empty: BN and
-    LN variants already shift their normalized cell by β_c). Outside cuDNN's cell, it runs on
-    the reference loop (``backend=auto`` picks it; ``native`` and ``fused`` are refused).
+    parameters); otherwise every sequence starts from zeros. ``cell_bias``: a learned shift
+    inside the output's tanh, ``tanh(N_cell(c_t) + β_c)``, the official baseline's
+    (:class:`CellBias`). Variants that normalize the cell (``bn_recurrent``, ``ln``) already
+    shift it by their own β_c, as the code's BN-LSTM does, and are left as they are; the others
+    get a :class:`CellBias` in their empty cell slot and run on the reference loop (no cuDNN or
+    fused cell has the shift: ``backend=auto`` picks the loop, ``native``/``fused`` are refused).
     """
 
     selection = "bpc"
@@ -209,9 +211,7 @@ class CharLSTM(CharLM):
     def _add_cell_bias(self) -> None:
         rnn = self.rnn
         if not all(isinstance(layer.norm_cell, NoNorm) for layer in rnn.layers):
-            raise ValueError(f"CharLSTM: cell_bias=True is the unnormalized baseline's tanh(c + β_c); "
-                             f"norm={rnn.norm!r} already normalizes (and shifts) the cell: use "
-                             f"cell_bias=False")
+            return  # the cell's own normalization carries β_c
         if rnn.backend in ("native", "fused"):
             raise ValueError(f"CharLSTM: cell_bias=True has no {rnn.backend!r} kernel (cuDNN's and "
                              f"the fused cells have no shift inside tanh); use backend=auto or "
