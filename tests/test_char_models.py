@@ -86,7 +86,8 @@ def test_experiment_trains_a_few_batches(ptb_char_root, tmp_path, experiment, no
     objective, final, rows = train([
         f"experiment={experiment}", f"data.root={ptb_char_root}", f"model.norm={norm}",
         "model.hidden_size=16", "data.limit_batches=3", "data.seq_len=20", "data.batch_size=8",
-        "data.eval_batch_size=64", "trainer.max_epochs=2", "quiet=true", "device=cpu"], tmp_path)
+        "data.eval_batch_size=64", "trainer.max_epochs=2", "quiet=true", "device=cpu",
+        "trainer.stream_splits=[]", "trainer.eval_lengths=[]"], tmp_path)  # tests/test_train_evaluation.py
     assert final["status"] == "completed" and final["selection"] == key and final["shortened"]
     assert objective == min(r[key] for r in rows)
     assert rows[1]["train_ce"] < rows[0]["train_ce"] < math.log(50) + 0.5

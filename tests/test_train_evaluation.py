@@ -36,7 +36,8 @@ def test_selection_on_a_metric_other_than_the_loss(ptb_char_root, tmp_path, monk
 
     monkeypatch.setattr(Trainer, "evaluate", scripted)
     for select, best in ((None, 3), ("err", 1)):
-        cfg = make_cfg(tiny(ptb_char_root, "trainer.max_epochs=3",
+        cfg = make_cfg(tiny(ptb_char_root, "trainer.max_epochs=3", "trainer.stream_splits=[]",
+                            "trainer.eval_lengths=[]",
                             *([f"trainer.select_on={select}"] if select else [])))
         data = instantiate(cfg.data)
         model = instantiate(cfg.model, **data.dims)
@@ -195,7 +196,7 @@ def test_cooijmans_code_protocol_composes_and_trains(ptb_char_root, tmp_path):
         _, final, rows = train(["experiment=cooijmans_char_ptb", "protocol=cooijmans_code",
                                 f"data.root={ptb_char_root}", f"model.norm={norm}",
                                 "model.hidden_size=8", "data.limit_batches=2", "data.batch_size=8",
-                                "data.seq_len=12", "trainer.max_epochs=2", "quiet=true",
+                                "data.eval_batch_size=4", "data.seq_len=12", "trainer.max_epochs=1", "quiet=true",
                                 "device=cpu", "trainer.stream_chunk=500", "trainer.eval_lengths=[6]"],
                                tmp_path / norm)
         assert final["status"] == "completed" and final["protocol"] == "cooijmans_code"
