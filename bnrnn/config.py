@@ -24,9 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from bnrnn.data.ptb_char import CROPS, ENCODINGS, EXAMPLES
+from bnrnn.models.char import DECODER_INITS, ORTHOGONAL
 from bnrnn.nn.base import BACKENDS
 from bnrnn.nn.norms import STATS
 from bnrnn.nn.rnn import NormRNN
@@ -198,6 +201,12 @@ TRAINER = Group({
     "max_time": optional(number(0, lo_open=True)),
     "eval_batch_stats": BOOL,
     "divergence_margin": number(0, inf=True),  # inf: only non-finite losses diverge
+    "select_on": optional(string()),
+    "final_reestimate": BOOL,
+    "stream_splits": list_of(string()),
+    "stream_count": POSITIVE,
+    "stream_chunk": POSITIVE,
+    "eval_lengths": list_of(integer(2)),
 }, required=("max_epochs",))
 
 _SIZE = {"clip_grad_norm": number(0, lo_open=True), "epochs": POSITIVE,
@@ -207,6 +216,17 @@ PROTOCOL = Group({
     "name": string(), "batch_size": POSITIVE, "eval_batch_size": POSITIVE, "eval_batch_stats": BOOL,
     **{size: Group(_SIZE, required=tuple(_SIZE)) for size in ("small", "medium", "large")},
 }, required=("name", "batch_size", "eval_batch_size", "eval_batch_stats", "small", "medium", "large"))
+
+# the char-PTB protocols (configs/protocol/cooijmans_*.yaml): what experiment=cooijmans_char_ptb reads
+_CHAR_PROTOCOL = {
+    "seq_len": POSITIVE, "examples": one_of(*EXAMPLES), "crop": one_of(*CROPS),
+    "encoding": one_of(*ENCODINGS), "eval_batch_size": POSITIVE,
+    "orthogonal": one_of(*ORTHOGONAL), "decoder_init": one_of(*DECODER_INITS),
+    "learn_initial_state": BOOL, "cell_bias": BOOL, "eval_batch_stats": BOOL,
+    "select_on": optional(string()), "final_reestimate": BOOL}
+CHAR_PROTOCOL = Group({"name": string(), "task": one_of("char_ptb"),
+                       "char": Group(_CHAR_PROTOCOL, required=tuple(_CHAR_PROTOCOL))},
+                      required=("name", "task", "char"))
 
 # configs/paths: the locations the data configs' directories are built from
 PATHS = Group({"cache_dir": string()}, required=("cache_dir",))
@@ -233,7 +253,8 @@ SYNTHETIC_SPLITS = ("train", "dev", "test")
 DATA = {
     "bnrnn.data.ptb.PTBWordData": Group({**_LOCAL, **_BATCHES, "bptt": POSITIVE}),
     "bnrnn.data.ptb_char.PTBCharData": Group({**_LOCAL, **_BATCHES, "seq_len": POSITIVE,
-                                              "seed": SEED}),
+                                              "seed": SEED, "encoding": one_of(*ENCODINGS),
+                                              "examples": one_of(*EXAMPLES), "crop": one_of(*CROPS)}),
     "bnrnn.data.speech.synthetic.SyntheticSpeechData": Group({
         **_SPEECH,
         "text_cache_dir": string(),
@@ -286,7 +307,9 @@ MODEL = {
         "norm": one_of(*NormRNN.norms_allowed), "norm_options": _norm_options()}),
     "bnrnn.models.char.CharLSTM": Group({
         "hidden_size": POSITIVE, "num_layers": POSITIVE, "norm": _LSTM_NORMS,
-        "embedding_size": optional(POSITIVE), "norm_options": _norm_options()}),
+        "embedding_size": optional(POSITIVE), "norm_options": _norm_options(),
+        "orthogonal": one_of(*ORTHOGONAL), "decoder_init": one_of(*DECODER_INITS),
+        "learn_initial_state": BOOL, "cell_bias": BOOL}),
     "bnrnn.models.speech.FramewiseClassifier": Group({
         "hidden_size": POSITIVE, "num_layers": POSITIVE, "dropout": PROBABILITY, "norm": _LSTM_NORMS,
         "stats": one_of(*STATS), "norm_options": _norm_options(stats=False)}),  # stats: its own key
@@ -432,6 +455,8 @@ def _check_cross(c: dict) -> None:
         raise ConfigError("trainer.test_split", f"must be null or one of this data's splits: "
                           f"{', '.join(splits)}", test)
 
+    _check_evaluation(c, splits)
+
     model = c["model"]
     norm = model.get("norm", "none")
     options = model.get("norm_options") or {}
@@ -444,6 +469,11 @@ def _check_cross(c: dict) -> None:
     if stats == "sequence" and applies and VARIANTS[norm].ih is None:
         raise ConfigError(stats_key, f"sequence statistics apply to the input term only, which "
                           f"model.norm={norm} does not normalize; allowed: frame", stats)
+
+    if model.get("cell_bias") and VARIANTS[norm].cell is None and \
+            options.get("backend") in ("native", "fused"):
+        raise ConfigError("model.norm_options.backend", "model.cell_bias=true runs on the reference "
+                          "loop only; allowed: auto, reference", options.get("backend"))
 
     optim = c["optim"]
     if optim.get("nesterov") and (optim.get("momentum", 0) <= 0 or optim.get("dampening", 0) != 0):
@@ -475,6 +505,44 @@ def deviations(c: Mapping) -> list[str]:
         elif have != want:
             found.append(f"{key} = {have!r} (protocol: {want!r})")
     return found
+def _target_has(node: Mapping, attribute: str) -> tuple[bool, Any]:
+    """Whether the class a group's ``_target_`` names has ``attribute`` (and its value)."""
+    try:
+        cls = get_object(node["_target_"])
+    except Exception:  # an unknown target is reported by its own group's check
+        return True, None
+    return hasattr(cls, attribute), getattr(cls, attribute, None)
+
+
+def _check_evaluation(c: dict, splits: tuple[str, ...]) -> None:
+    """Model selection and whole-split evaluation against the model and data they need."""
+    trainer, model, data = c["trainer"], c["model"], c["data"]
+    select = trainer.get("select_on")
+    if select is not None:
+        metric = select.removeprefix("batchstat_")
+        known, names = _target_has(model, "metric_names")
+        if known and names is not None and metric not in names:
+            raise ConfigError("trainer.select_on", f"must be null or a metric of {model['_target_']}, "
+                              f"optionally prefixed batchstat_: {', '.join(names)}", select)
+        if select.startswith("batchstat_") and not trainer.get("eval_batch_stats", False):
+            raise ConfigError("trainer.select_on", "a batchstat_ metric needs "
+                              "trainer.eval_batch_stats=true (the batch-statistics evaluation)", select)
+    streams, lengths = trainer.get("stream_splits") or [], trainer.get("eval_lengths") or []
+    if not (streams or lengths):
+        return
+    key = "trainer.stream_splits" if streams else "trainer.eval_lengths"
+    for node, attribute, what in ((model, "score", "model"), (data, "stream", "data")):
+        if not _target_has(node, attribute)[0]:
+            raise ConfigError(key, f"whole-split evaluation needs a language model and its data "
+                              f"(PTB words or characters); {what}={node['_target_']} has no "
+                              f"{attribute}()", streams or lengths)
+    for i, split in enumerate(streams):
+        if split not in splits:
+            raise ConfigError(f"trainer.stream_splits[{i}]", f"must be one of this data's splits: "
+                              f"{', '.join(splits)}", split)
+    if lengths and trainer.get("test_split", "test") is None:
+        raise ConfigError("trainer.eval_lengths", "evaluates the test split by length; set "
+                          "trainer.test_split", lengths)
 
 
 def validate(cfg: DictConfig | Mapping) -> dict:
@@ -495,7 +563,8 @@ def validate(cfg: DictConfig | Mapping) -> dict:
     # the protocol first: its values reach other groups by interpolation, and an error should
     # name the key that was set (protocol.small.epochs), not the one that copies it
     if c.get("protocol") is not None:  # PTB experiments: configs/protocol/
-        _check_group(c["protocol"], PROTOCOL, "protocol")
+        char = isinstance(c["protocol"], Mapping) and c["protocol"].get("task") == "char_ptb"
+        _check_group(c["protocol"], CHAR_PROTOCOL if char else PROTOCOL, "protocol")
     if c.get("paths") is not None:
         _check_group(c["paths"], PATHS, "paths")
     if c.get("population") is not None:

@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_map
 
 from bnrnn import checkpoint
 from bnrnn.contracts import DataModule, Model, StepOutput
+from bnrnn.evaluation import evaluate_by_length, evaluate_stream
 from bnrnn.io import git_revision, hardware, read_jsonl, write_json, write_jsonl
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
 
@@ -66,6 +67,20 @@ class TrainerConfig:
     eval_batch_stats: bool = False
     # diverged: training steps between two checks average more than this above chance_loss
     divergence_margin: float = 1.0
+    # the validation metric that picks the best epoch, e.g. "err" or "batchstat_err" (lower is
+    # better); None: the model's ``selection``. A batchstat_ metric of a model without batch
+    # norms is its plain metric (the two evaluations compute the same function)
+    select_on: str | None = None
+    # after training, at the best weights: re-estimate every BN's population statistics over the
+    # whole training split before testing (Cooijmans et al.'s penntreebank_evaluate.py)
+    final_reestimate: bool = False
+    # whole-split evaluation at the best weights (bnrnn.evaluation): each split as stream_count
+    # contiguous streams read in chunks of stream_chunk steps -> <split>_<metric>_stream; the
+    # test split by example length -> <test>_<metric>_by_length {"<L>": .., "whole": ..}
+    stream_splits: tuple[str, ...] = ()
+    stream_count: int = 1
+    stream_chunk: int = 1000
+    eval_lengths: tuple[int, ...] = ()
 
 
 def _to(batch, device):
@@ -192,10 +207,11 @@ class Trainer:
             raise Diverged(f"non-finite {split} loss at epoch {self.epoch}, step {self.step}")
         return model.metrics(totals) | {"tokens_per_s": count / seconds, "seconds": seconds}
 
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str, reestimate: bool = True) -> dict[str, float]:
         """The model's metrics on ``split`` (population statistics), plus ``batchstat_<metric>``
-        under batch statistics when ``eval_batch_stats`` is set and the model has batch norms."""
-        if self.cfg.reestimate_batches:
+        under batch statistics when ``eval_batch_stats`` is set and the model has batch norms.
+        ``reestimate``: first re-estimate on ``reestimate_batches`` training batches, if set."""
+        if reestimate and self.cfg.reestimate_batches:
             self.reestimate_statistics(self.cfg.reestimate_batches)
         out = _metrics_only(self.run_epoch(split, train=False))
         if self.cfg.eval_batch_stats and self._has_batch_norm:
@@ -207,9 +223,43 @@ class Trainer:
     def _has_batch_norm(self) -> bool:
         return any(isinstance(m, SeqBatchNorm) for m in self.model.modules())
 
-    def reestimate_statistics(self, n_batches: int) -> None:
+    @property
+    def selection_metric(self) -> str:
+        """The metric (without the split) whose validation value picks the best epoch."""
+        metric = self.cfg.select_on or self.model.selection
+        if metric.startswith("batchstat_") and not self._has_batch_norm:
+            return metric.removeprefix("batchstat_")
+        return metric
+
+    @property
+    def selection_key(self) -> str:
+        return f"{self.cfg.eval_splits[0]}_{self.selection_metric}"
+
+    def stream_metrics(self) -> dict:
+        """Whole-split metrics of the current weights (``stream_splits``, ``eval_lengths``)."""
+        cfg, out = self.cfg, {}
+        opts = dict(chunk=cfg.stream_chunk, device=self.device, autocast=self._autocast)
+        streams = {split: evaluate_stream(self.model, self.data.stream(split),
+                                          streams=cfg.stream_count, **opts)
+                   for split in cfg.stream_splits}
+        for split, metrics in streams.items():
+            out |= {f"{split}_{k}_stream": v for k, v in metrics.items()}
+        if cfg.eval_lengths:
+            split = cfg.test_split
+            stream = self.data.stream(split)
+            # a length the (limited) split holds no example of is reported as null
+            by_length = {str(n): evaluate_by_length(self.model, stream, n, **opts)
+                         if stream.numel() >= n else None for n in cfg.eval_lengths}
+            by_length["whole"] = streams.get(split) or evaluate_stream(self.model, stream, **opts)
+            for k in by_length["whole"]:
+                out[f"{split}_{k}_by_length"] = {n: None if m is None else m[k]
+                                                 for n, m in by_length.items()}
+        return out
+
+    def reestimate_statistics(self, n_batches: int) -> int:
         """Cooijmans et al.'s evaluation: population statistics of every BN re-estimated by one
-        pass over ``n_batches`` training batches (train-mode forward, no gradient)."""
+        pass over ``n_batches`` training batches (train-mode forward, no gradient): each step's
+        statistic is the mean of its batch statistics. Returns the number of batches used."""
         carry = None
 
         def forward(model, batch):
@@ -219,7 +269,7 @@ class Trainer:
             carry = out.state if self.data.stateful else None
 
         batches = itertools.islice(self.data.batches("train", 0), n_batches)
-        update_population_statistics(self.model, batches, forward)
+        return update_population_statistics(self.model, batches, forward)
 
     def fit(self) -> dict:
         """Train to ``max_epochs`` (or the end of a resumed run); returns ``final.json``."""
@@ -243,12 +293,12 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        test = None
-        if status == "completed" and self.cfg.test_split and self.best is not None:
-            test = self._test_at_best()
-        if status == "completed" and (bad := _non_finite(self.best, test)):
+        test, extra = None, {}
+        if status == "completed" and self.best is not None and (self.cfg.test_split or self.cfg.stream_splits):
+            test, extra = self._test_at_best()
+        if status == "completed" and (bad := _non_finite(self.best, test, extra)):
             status, error = "diverged", f"non-finite final metrics: {', '.join(bad)}"
-        final = self._final(status, error, test)
+        final = self._final(status, error, test, extra)
         if self.logger:
             self.logger.finish(final)
         return final
@@ -280,7 +330,7 @@ class Trainer:
         self._writing = True  # a signal now waits until the epoch's records are all written
         try:
             self.history.append(row)
-            key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
+            key = self.selection_key
             if self.best is None or row[key] < self.best[key]:
                 self.best = row
                 checkpoint.save(self.ckpt_dir / "best.pt", {"model": self.model.state_dict(),
@@ -302,16 +352,26 @@ class Trainer:
             return
         raise Interrupted.by(signum)
 
-    def _test_at_best(self) -> dict[str, float]:
+    def _test_at_best(self) -> tuple[dict[str, float] | None, dict]:
+        """The test metrics and the whole-split metrics of the best-validation weights, after
+        ``final_reestimate``'s pass over the whole training split when it is set. The model is
+        given its current weights and statistics back afterwards."""
         best = checkpoint.load(self.ckpt_dir / "best.pt", self.device)
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(best["model"])
+        extra = {}
         try:
-            return self.evaluate(self.cfg.test_split)
+            final = self.cfg.final_reestimate and self._has_batch_norm
+            if final:
+                n = self.reestimate_statistics(self.data.num_batches("train"))
+                extra["reestimated"] = {"split": "train", "batches": n}
+            test = self.evaluate(self.cfg.test_split, reestimate=not final) if self.cfg.test_split else None
+            return test, extra | self.stream_metrics()
         finally:
             self.model.load_state_dict(current)
 
-    def _final(self, status: str, error: str | None, test: dict | None) -> dict:
+    def _final(self, status: str, error: str | None, test: dict | None,
+               extra: dict | None = None) -> dict:
         protocol = self.cfg.protocol_epochs or self.cfg.max_epochs
         final = {
             "status": status,
@@ -326,10 +386,10 @@ class Trainer:
             "best_epoch": self.best["epoch"] if self.best else None,
             "best": self.best,
             "test": test,
-            "selection": f"{self.cfg.eval_splits[0]}_{self.model.selection}",
+            "selection": self.selection_key,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        } | self.info
+        } | (extra or {}) | self.info
         write_json(self.run_dir / "final.json", final)
         return final
 
@@ -345,9 +405,13 @@ def _metrics_only(result: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in result.items() if k not in ("seconds", "tokens_per_s")}
 
 
-def _non_finite(best: dict | None, test: dict | None) -> list[str]:
-    """Names of the metrics in the best row and the test result that are NaN or infinite."""
-    rows = [("", best or {}), ("test_", test or {})]
+def _non_finite(best: dict | None, test: dict | None, extra: dict | None = None) -> list[str]:
+    """Names of the metrics in the best row, the test result and the whole-split metrics
+    (``extra``, whose by-length entries are mappings) that are NaN or infinite."""
+    flat = {}
+    for k, v in (extra or {}).items():
+        flat |= {f"{k}[{n}]": x for n, x in v.items()} if isinstance(v, dict) else {k: v}
+    rows = [("", best or {}), ("test_", test or {}), ("", flat)]
     return [f"{p}{k}" for p, row in rows for k, v in row.items()
             if isinstance(v, float) and not math.isfinite(v)]
 

@@ -19,11 +19,16 @@ from tests.helpers import CONFIG_DIR, cli, make_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 PROTOCOLS = sorted(p.stem for p in (Path(CONFIG_DIR) / "protocol").glob("*.yaml"))
+CHAR_PROTOCOLS = [p for p in PROTOCOLS
+                  if "task: char_ptb" in (Path(CONFIG_DIR) / "protocol" / f"{p}.yaml").read_text()]
+WORD_PROTOCOLS = [p for p in PROTOCOLS if p not in CHAR_PROTOCOLS]
 
 
 def _experiment_cases():
     for e in EXPERIMENTS:
-        for p in PROTOCOLS if e.startswith("ptb_") else [None]:
+        protocols = {"ptb_": WORD_PROTOCOLS, "cooijmans_": CHAR_PROTOCOLS}
+        family = next((v for k, v in protocols.items() if e.startswith(k)), [None])
+        for p in family:
             yield [f"experiment={e}"] + ([f"protocol={p}"] if p else [])
 
 
@@ -144,6 +149,24 @@ BAD = [
      "null or an integer >= 1"),
     (["experiment=cooijmans_char_ptb", "model.norm_options.max_steps=0"],
      "model.norm_options.max_steps=0", "an integer >= 1"),
+    (["experiment=cooijmans_char_ptb", "model.orthogonal=blocks"], "model.orthogonal=blocks",
+     "one of per_gate, whole"),
+    (["experiment=cooijmans_char_ptb", "model.cell_bias=true", "model.norm_options.backend=fused"],
+     "model.norm_options.backend=fused", "allowed: auto, reference"),
+    (["experiment=cooijmans_char_ptb", "protocol.char.crop=sometimes"], "protocol.char.crop=sometimes",
+     "one of none, random"),
+    (["experiment=cooijmans_char_ptb", "trainer.select_on=loss"], "trainer.select_on=loss",
+     "ce, bpc, err"),
+    (["experiment=cooijmans_char_ptb", "protocol=cooijmans_code", "trainer.eval_batch_stats=false"],
+     "trainer.select_on=batchstat_err", "needs trainer.eval_batch_stats=true"),
+    (["experiment=cooijmans_char_ptb", "trainer.stream_splits=[dev]"], "trainer.stream_splits[0]=dev",
+     "one of this data's splits"),
+    (["experiment=speech_synthetic", "trainer.stream_splits=[test]"], "trainer.stream_splits=[test]",
+     "has no score()"),
+    (["experiment=cooijmans_char_ptb", "trainer.eval_lengths=[1]"], "trainer.eval_lengths=[1]",
+     "a list of integer >= 2"),
+    (["experiment=cooijmans_char_ptb", "data.crop=sometimes"], "data.crop=sometimes", "one of none, random"),
+    (["experiment=cooijmans_char_ptb", "data.encoding=npz"], "data.encoding=npz", "one of bnrnn, cooijmans"),
     (["experiment=speech_synthetic", "model.stats=utterance"], "model.stats=utterance",
      "one of frame, sequence"),
     (["experiment=speech_synthetic", "+model.norm_options.stats=frame"], "model.norm_options.stats=frame",

@@ -5,7 +5,7 @@ import torch
 
 from bnrnn.data.download import SUBSET_MANIFEST, DataError, md5sum
 from bnrnn.data.ptb_char import (EOL, PTB_CHAR_FILES, PTBCharCorpus, PTBCharData, cut_sequences,
-                                 epoch_permutation)
+                                 epoch_offset, epoch_permutation)
 
 SPLITS = ("train", "valid", "test")
 
@@ -46,6 +46,8 @@ def test_full_corpus_symbol_counts_and_md5s(full_data):
     data = PTBCharData(root=str(root), seq_len=100, batch_size=64, eval_batch_size=128, seed=3)
     assert data.num_batches("train") == (5_017_481 // 100) // 64 == 783  # last partial batch dropped
     assert data.num_batches("valid") == -(-(393_041 // 100) // 128) == 31  # every sequence kept
+    # the official code's test stream: one example of 446,184 symbols (penntreebank_evaluate.py)
+    assert PTBCharCorpus(root=str(root), encoding="cooijmans")["test"].numel() == 446_184
 
 
 def test_cut_sequences_targets_are_inputs_shifted():
@@ -55,6 +57,54 @@ def test_cut_sequences_targets_are_inputs_shifted():
     assert torch.equal(inputs.flatten() + 1, targets.flatten())  # non-overlapping, contiguous
     with pytest.raises(ValueError, match="seq_len"):
         cut_sequences(torch.arange(5), 10)
+
+
+def test_disjoint_examples_predict_their_last_symbols():
+    """Cooijmans' code: examples of L + 1 symbols, L steps, the first symbol of each unpredicted."""
+    inputs, targets = cut_sequences(torch.arange(23), 4, "disjoint")  # 23 // 5 = 4 examples
+    assert inputs.shape == targets.shape == (4, 4)
+    assert inputs[1].tolist() == [5, 6, 7, 8] and targets[1].tolist() == [6, 7, 8, 9]
+    assert 5 not in targets and 10 not in targets  # each example's first symbol
+    inputs, targets = cut_sequences(torch.arange(23), 4, "disjoint", offset=4, count=3)
+    assert inputs[:, 0].tolist() == [4, 9, 14] and targets[-1].tolist() == [15, 16, 17, 18]
+    with pytest.raises(ValueError, match="examples must be one of shifted, disjoint"):
+        cut_sequences(torch.arange(23), 5, "overlapping")
+
+
+def test_random_crop_offsets_are_per_epoch_and_keep_the_batch_count(ptb_char_root, corpus):
+    data = PTBCharData(root=str(ptb_char_root), seq_len=19, batch_size=8, seed=5, crop="random",
+                       examples="disjoint")  # the code's examples of 20 symbols
+    stream = corpus["train"]
+    S = stream.numel() // 20 - 1  # penntreebank.py: int(len / length) - 1 with augment
+    assert len(data.sequences["train"][0]) == S
+    offsets = [epoch_offset(20, 5, e) for e in range(1, 9)]
+    assert all(0 <= o < 20 for o in offsets) and len(set(offsets)) > 1
+    assert offsets == [epoch_offset(20, 5, e) for e in range(1, 9)]  # resumable
+    for epoch, offset in zip((1, 2), offsets):
+        inputs, targets = data.epoch_sequences("train", epoch)
+        assert inputs.shape == (S, 19)
+        assert torch.equal(inputs[3], stream[offset + 60: offset + 79])
+        assert torch.equal(targets[3], stream[offset + 61: offset + 80])
+        assert sum(b[0].shape[1] for b in data.batches("train", epoch)) == (S // 8) * 8
+    # evaluation never crops; an uncropped run is unchanged
+    assert torch.equal(data.epoch_sequences("valid", 3)[0], cut_sequences(corpus["valid"], 19, "disjoint")[0])
+    plain = PTBCharData(root=str(ptb_char_root), seq_len=20, batch_size=8, seed=5)
+    assert torch.equal(plain.epoch_sequences("train", 2)[0], cut_sequences(stream, 20)[0])
+
+
+def test_cooijmans_encoding_ends_each_line_with_boundary_and_eol(ptb_char_root, corpus):
+    official = PTBCharCorpus(root=str(ptb_char_root), encoding="cooijmans")
+    assert official.itos == corpus.itos  # the same 50 classes
+    eol, boundary = corpus.vocab[EOL], corpus.vocab["_"]
+    for split in SPLITS:
+        lines = int((corpus[split] == eol).sum())
+        assert official[split].numel() == corpus[split].numel() + lines
+        ends = (official[split] == eol).nonzero().squeeze(1)
+        assert torch.all(official[split][ends - 1] == boundary)
+        assert torch.equal(official[split][official[split] != boundary],
+                           corpus[split][corpus[split] != boundary])
+    with pytest.raises(ValueError, match="encoding must be one of bnrnn, cooijmans"):
+        PTBCharCorpus(root=str(ptb_char_root), encoding="npz")
 
 
 def test_shuffle_depends_on_seed_and_epoch_only():

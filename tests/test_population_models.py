@@ -105,6 +105,15 @@ def test_stacking_refuses_mixed_models():
         PopulationLM.stack([WordLM(V, hidden_size=6)] * 2)((torch.zeros(T, 3, B, dtype=torch.long),) * 2)
 
 
+def test_stacking_refuses_what_a_population_cannot_carry():
+    from bnrnn.models.char import CharLSTM
+
+    with pytest.raises(ValueError, match="learned initial states"):
+        PopulationLM.stack([CharLSTM(V, 6, learn_initial_state=True)] * 2)
+    with pytest.raises(ValueError, match=r"cell_bias=True\) has no population form"):
+        PopulationLM.stack([CharLSTM(V, 6, cell_bias=True)] * 2)
+
+
 @pytest.mark.parametrize("norm", ["none", "bn_input"])
 def test_a_speech_population_member_equals_the_classifier_alone(norm):
     """The framewise classifier on one padded batch for every member: loss, frame count, errors,

@@ -126,6 +126,14 @@ class PTBWordData:
     def dims(self) -> dict:
         return {"vocab_size": self.corpus.vocab_size}
 
+    def stream(self, split: str) -> torch.Tensor:
+        """The whole split as one (N,) stream of token ids (whole-split evaluation); under
+        ``limit_batches`` only the tokens its first N windows hold (+ the last target)."""
+        stream = self.corpus[split]
+        if self.limit:
+            stream = stream[: self.limit * self.bptt * self.columns[split].shape[1] + 1]
+        return stream
+
     def num_batches(self, split: str) -> int:
         n = num_windows(self.columns[split], self.bptt)
         return min(n, self.limit) if self.limit else n

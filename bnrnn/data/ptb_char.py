@@ -7,11 +7,35 @@ classes (``docs/reference.md`` §4). The split is the one Laurent et al. (append
 Cooijmans et al. (§5.2) use.
 
 Batching (Laurent et al.: "predict the next characters of a fixed length sequence of 100
-symbols"): each split's symbol stream is cut into non-overlapping sequences; sequence i reads
-symbols [i*L, (i+1)*L) and predicts [i*L + 1, (i+1)*L + 1). Training batches shuffle the
-sequences with a generator seeded from (seed, epoch) — a resumed run sees the same order — and
-drop the last incomplete batch (a batch of one sequence has no batch statistics); evaluation
-keeps the stream order and every sequence. No state is carried from one batch to the next.
+symbols"): each split's symbol stream is cut into non-overlapping sequences (``examples``):
+
+- ``shifted`` (the default): sequence i reads symbols [i*L, (i+1)*L) and predicts
+  [i*L + 1, (i+1)*L + 1), so every symbol but the first is predicted.
+- ``disjoint`` (Cooijmans et al.'s code, ``penntreebank.py`` l. 98-101 and 359): examples of
+  L + 1 symbols that share none, [i*(L+1), (i+1)*(L+1)), each predicting its last L symbols
+  from its first L; the first symbol of every example is never predicted. The code's examples
+  of ``--length 100`` are ``seq_len=99``.
+
+Either way ``seq_len`` = L is the number of time steps of a sequence (T_max of its per-step BN
+statistics). ``crop="random"`` (Cooijmans et al. §5.2: "for each epoch we randomly crop a
+subsequence that [divides by 100]"; their code, ``penntreebank.py`` l. 85-101) starts the
+training cut at an offset drawn in [0, stride) for each epoch (stride: L, or L + 1 for disjoint
+examples) and keeps one sequence fewer, so every epoch has the same number of batches. Training batches shuffle the sequences with generators seeded from
+(seed, epoch) — a resumed run sees the same offset and order — and drop the last incomplete
+batch (a batch of one sequence has no batch statistics); evaluation never crops and keeps the
+stream order and every sequence. No state is carried from one batch to the next.
+``stream(split)`` is the whole split as one symbol stream (whole-stream evaluation,
+``bnrnn.evaluation``), cut to what ``limit_batches`` batches hold when that is set.
+
+``encoding``: ``bnrnn`` gives each line its characters and one end-of-line symbol.
+``cooijmans`` stands for the encoding of the official code's ``char_level_penntree.npz``, which
+is not public: the code reads it from ``$CHAR_LEVEL_PENNTREE_NPZ`` (``penntreebank.py`` l. 63)
+with 50 classes (l. 381) and evaluates the test split as one example of 446,184 symbols
+(``penntreebank_evaluate.py`` l. 78). That length is the test file's 438,662 characters plus
+two symbols for each of its 3,761 lines, not one: so this encoding ends every line with the
+word boundary ``_`` and then the end-of-line symbol (the word-level file's trailing " \\n"), the
+same 50 classes. The count is all the code shows: that the npz put these two symbols in this
+order is our inference, not something read from a file.
 """
 from __future__ import annotations
 
@@ -38,6 +62,10 @@ PTB_CHAR_FILES = {
                        "1f9a2d1afe00f76e8bfbe09a65439681"),
 }
 EOL = "<eol>"
+WORD_BOUNDARY = "_"
+ENCODINGS = ("bnrnn", "cooijmans")
+EXAMPLES = ("shifted", "disjoint")
+CROPS = ("none", "random")
 
 
 class PTBCharCorpus:
@@ -51,31 +79,37 @@ class PTBCharCorpus:
             None the files are downloaded into ``cache_dir`` and verified by MD5.
         cache_dir: where downloads go (config ``data.cache_dir``).
         download: allow downloading when ``root`` is None and the cache is empty.
+        encoding: ``bnrnn`` (characters + end-of-line per line) or ``cooijmans`` (characters,
+            ``_``, end-of-line per line; see the module docstring).
     """
 
     files = PTB_CHAR_FILES
 
     def __init__(self, root: str | None = None, cache_dir: str = "~/.cache/bnrnn/ptb_char",
-                 download: bool = True):
+                 download: bool = True, encoding: str = "bnrnn"):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"PTBCharCorpus: encoding must be one of {', '.join(ENCODINGS)}; "
+                             f"got {encoding!r}")
         paths = {s: fetch(f, root=root, cache_dir=cache_dir, download_ok=download)
                  for s, f in self.files.items()}
-        texts = {s: self.tokenize(p) for s, p in paths.items()}
+        texts = {s: self.tokenize(p, encoding) for s, p in paths.items()}
         self.itos = [EOL, *sorted(set(texts["train"]) - {EOL})]
         self.vocab = {s: i for i, s in enumerate(self.itos)}
         self.splits = {s: self.encode(t, split=s) for s, t in texts.items()}
 
     @staticmethod
-    def tokenize(path: Path) -> list[str]:
-        """The space-separated symbols of every line, then ``<eol>``. The files end with
-        "\\n " (Mikolov's rewrite appends " \\n "): the final unterminated, empty line is not a
-        line and gets no ``<eol>``."""
+    def tokenize(path: Path, encoding: str = "bnrnn") -> list[str]:
+        """The space-separated symbols of every line, then ``<eol>`` (``cooijmans``: ``_`` and
+        ``<eol>``). The files end with "\\n " (Mikolov's rewrite appends " \\n "): the final
+        unterminated, empty line is not a line and gets no ``<eol>``."""
+        end = [WORD_BOUNDARY, EOL] if encoding == "cooijmans" else [EOL]
         symbols: list[str] = []
         with open(path, encoding="utf-8") as f:
             for line in f:
                 chars = line.split()
                 if chars or line.endswith("\n"):
                     symbols.extend(chars)
-                    symbols.append(EOL)
+                    symbols.extend(end)
         return symbols
 
     def encode(self, symbols: list[str], split: str) -> torch.Tensor:
@@ -94,22 +128,40 @@ class PTBCharCorpus:
         return len(self.itos)
 
 
-def cut_sequences(stream: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) symbol stream -> (inputs, targets), each (S, seq_len) with S = (N - 1) // seq_len.
+def cut_sequences(stream: torch.Tensor, seq_len: int, examples: str = "shifted", offset: int = 0,
+                  count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) symbol stream -> (inputs, targets), each (S, seq_len), cut from ``stream[offset:]``.
 
-    Sequence i is stream[i*L : (i+1)*L] and its target stream[i*L + 1 : (i+1)*L + 1]: the
-    sequences do not overlap, so each symbol but the first is predicted at most once; the last
-    (N - 1) mod L predictions of the stream are dropped.
+    ``shifted``: sequence i is stream[o + i*L : o + (i+1)*L] and its target the same shifted by
+    one; S = (N - 1 - o) // L. ``disjoint``: example i is stream[o + i*E : o + (i+1)*E] with
+    E = L + 1, its input the first L symbols and its target the last L; S = (N - o) // E.
+    ``count`` takes only the first ``count`` sequences (a random crop keeps the same number in
+    every epoch). The sequences never share a target, and the tail of the stream that fills no
+    whole sequence is dropped.
     """
+    if examples not in EXAMPLES:
+        raise ValueError(f"cut_sequences: examples must be one of {', '.join(EXAMPLES)}; got {examples!r}")
     if seq_len < 1:
         raise ValueError(f"cut_sequences: seq_len must be >= 1; got {seq_len}")
-    S = (stream.numel() - 1) // seq_len
+    E = stride(seq_len, examples)
+    ahead = 1 if examples == "shifted" else 0  # the symbol a shifted cut predicts past its end
+    S = (stream.numel() - ahead - offset) // E
+    if count is not None:
+        S = min(S, count)
     if S < 1:
         raise ValueError(f"cut_sequences: a stream of {stream.numel()} symbols holds no sequence "
-                         f"of {seq_len} (+1 target); use a smaller data.seq_len")
-    inputs = stream[: S * seq_len].view(S, seq_len)
-    targets = stream[1 : S * seq_len + 1].view(S, seq_len)
+                         f"of {seq_len} ({examples}); use a smaller data.seq_len")
+    if examples == "disjoint":
+        block = stream[offset: offset + S * E].view(S, E)
+        return block[:, :-1], block[:, 1:]
+    inputs = stream[offset: offset + S * E].view(S, E)
+    targets = stream[offset + 1: offset + S * E + 1].view(S, E)
     return inputs, targets
+
+
+def stride(seq_len: int, examples: str) -> int:
+    """Symbols from one sequence's start to the next's: L, or L + 1 for disjoint examples."""
+    return seq_len + 1 if examples == "disjoint" else seq_len
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -120,6 +172,13 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def epoch_offset(span: int, seed: int, epoch: int) -> int:
+    """The random crop's start in ``epoch``, in [0, span): a function of (seed, epoch) only,
+    drawn apart from the shuffle (``penntreebank.py`` l. 96: ``np.random.randint(self.length)``)."""
+    state = np.random.SeedSequence([seed, epoch, 1]).generate_state(1, dtype=np.uint64)[0]
+    return int(state % np.uint64(span))
+
+
 class PTBCharData:
     """Char PTB for the trainer (a :class:`bnrnn.contracts.DataModule`): fixed-length sequences,
     time-major batches, no carried state.
@@ -127,28 +186,42 @@ class PTBCharData:
     Batches are (input, target), each (T, B) = (seq_len, batch) symbol ids.
 
     Args:
-        root, cache_dir, download: see :class:`PTBCharCorpus`.
-        seq_len: symbols per sequence (100 in Laurent et al. and Cooijmans et al.).
+        root, cache_dir, download, encoding: see :class:`PTBCharCorpus`.
+        seq_len: time steps per sequence (100 in Laurent et al. and Cooijmans et al.'s text;
+            99 in Cooijmans' code, whose examples of 100 symbols are ``disjoint``).
         batch_size: training sequences per batch (the grid search draws 32, 64 or 128).
         eval_batch_size: sequences per valid/test batch (the last one may be smaller).
-        seed: seeds the per-epoch shuffle together with the epoch number.
+        seed: seeds the per-epoch shuffle (and crop) together with the epoch number.
         limit_batches: use only the first N batches of every split (smoke tests, reduced grids).
+        examples: ``shifted`` or ``disjoint`` (examples of L + 1 symbols; Cooijmans' code).
+        crop: ``none`` or ``random`` (a new training offset per epoch).
     """
 
     stateful = False
 
     def __init__(self, root: str | None = None, cache_dir: str = "~/.cache/bnrnn/ptb_char",
                  download: bool = True, seq_len: int = 100, batch_size: int = 32,
-                 eval_batch_size: int = 128, seed: int = 0, limit_batches: int | None = None):
+                 eval_batch_size: int = 128, seed: int = 0, limit_batches: int | None = None,
+                 encoding: str = "bnrnn", examples: str = "shifted", crop: str = "none"):
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"PTBCharData: batch_size and eval_batch_size must be >= 1; got "
                              f"{batch_size}, {eval_batch_size}")
         if limit_batches is not None and limit_batches < 1:
             raise ValueError(f"PTBCharData: limit_batches must be None or >= 1; got {limit_batches}")
-        self.corpus = PTBCharCorpus(root, cache_dir, download)
+        if examples not in EXAMPLES or crop not in CROPS:
+            raise ValueError(f"PTBCharData: examples must be one of {', '.join(EXAMPLES)} and crop "
+                             f"one of {', '.join(CROPS)}; got {examples!r}, {crop!r}")
+        self.corpus = PTBCharCorpus(root, cache_dir, download, encoding)
         self.seq_len, self.seed, self.limit = seq_len, seed, limit_batches
+        self.examples, self.crop = examples, crop
         self.batch_size = {"train": batch_size, "valid": eval_batch_size, "test": eval_batch_size}
-        self.sequences = {s: cut_sequences(self.corpus[s], seq_len) for s in ("train", "valid", "test")}
+        self.sequences = {s: cut_sequences(self.corpus[s], seq_len, examples) for s in ("train", "valid", "test")}
+        if crop == "random":  # one sequence fewer leaves room for any offset below seq_len
+            n = len(self.sequences["train"][0]) - 1
+            if n < 1:
+                raise ValueError(f"PTBCharData: the training set holds too few sequences of "
+                                 f"{seq_len} for a random crop; use a smaller data.seq_len")
+            self.sequences["train"] = tuple(t[:n] for t in self.sequences["train"])
         if len(self.sequences["train"][0]) < batch_size:
             raise ValueError(f"PTBCharData: the training set holds {len(self.sequences['train'][0])} "
                              f"sequences of {seq_len}, fewer than batch_size={batch_size}")
@@ -157,14 +230,32 @@ class PTBCharData:
     def dims(self) -> dict:
         return {"vocab_size": self.corpus.vocab_size}
 
+    def stream(self, split: str) -> torch.Tensor:
+        """The whole split as one (N,) stream of symbol ids; under ``limit_batches`` only the
+        symbols its first N batches hold (+ the last target)."""
+        stream = self.corpus[split]
+        if self.limit:
+            span = self.limit * self.batch_size[split] * stride(self.seq_len, self.examples)
+            stream = stream[: span + 1]
+        return stream
+
     def num_batches(self, split: str) -> int:
         S, B = len(self.sequences[split][0]), self.batch_size[split]
         n = S // B if split == "train" else -(-S // B)  # train drops the last partial batch
         return min(n, self.limit) if self.limit else n
 
+    def epoch_sequences(self, split: str, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of ``split`` in ``epoch``, each (S, steps): the training cut starts
+        at this epoch's offset under ``crop="random"``; every other cut is fixed."""
+        if split != "train" or self.crop == "none":
+            return self.sequences[split]
+        offset = epoch_offset(stride(self.seq_len, self.examples), self.seed, epoch)
+        return cut_sequences(self.corpus[split], self.seq_len, self.examples, offset,
+                             count=len(self.sequences[split][0]))
+
     def batches(self, split: str, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(input, target) batches, each (seq_len, B) int64; training order from (seed, epoch)."""
-        inputs, targets = self.sequences[split]
+        """(input, target) batches, each (steps, B) int64; training order from (seed, epoch)."""
+        inputs, targets = self.epoch_sequences(split, epoch)
         B = self.batch_size[split]
         order = epoch_permutation(len(inputs), self.seed, epoch) if split == "train" else None
         for i in range(self.num_batches(split)):

@@ -30,6 +30,7 @@ class WordLM(nn.Module):
     """
 
     selection = "ppl"
+    metric_names = ("loss", "ppl", "ppl_batch_mean")
 
     def __init__(self, vocab_size: int, hidden_size: int = 200, num_layers: int = 2,
                  dropout: float = 0.0, init_range: float = 0.1, norm: str = "none",
@@ -61,6 +62,20 @@ class WordLM(nn.Module):
             authors = (logp.exp() + AUTHORS_EPS).log().mean().neg().exp()
         return StepOutput(objective=nll / B, loss_sum=nll.detach(), count=T * B,
                           sums={"batch_ppl": authors, "batches": torch.ones((), device=y.device)},
+                          state=tuple(s.detach() for s in state))
+
+    def score(self, batch, state=None, t0: int = 0) -> StepOutput:
+        """One chunk of (T, B) token streams for whole-split evaluation (``bnrnn.evaluation``):
+        ``state`` carried in and out (None: zeros), ``t0`` the absolute time step of the chunk's
+        first token, which indexes the per-step BN population statistics. Only the NLL and the
+        token count are summed: the authors' per-batch mean has no meaning over a stream."""
+        x, y = batch
+        out, state = self.rnn(self.drop(self.embedding(x)), state, t0=t0)
+        logits = self.decoder(self.drop(out)).flatten(0, 1)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in fp32 under autocast
+            logits = logits.float()
+        nll = -F.log_softmax(logits, dim=-1).gather(1, y.reshape(-1, 1)).sum()
+        return StepOutput(objective=nll / y.shape[1], loss_sum=nll.detach(), count=y.numel(),
                           state=tuple(s.detach() for s in state))
 
     @staticmethod

@@ -97,6 +97,19 @@ class PopulationLM(nn.Module):
         if not isinstance(first, KINDS):
             raise ValueError(f"PopulationLM.stack: {type(first).__name__} is not a WordLM, "
                              f"CharRNN, CharLSTM or FramewiseClassifier")
+        # what the population's own layers cannot carry: learned initial states (parameters of
+        # the model itself) and the baseline cell bias of Cooijmans' code (a norm_cell module of
+        # its own kind); refused rather than silently dropped
+        own = [n for n, _ in first.named_parameters(recurse=False)]
+        if own or getattr(first, "h0", None) is not None:
+            raise ValueError(f"PopulationLM.stack: {type(first).__name__} with learned initial "
+                             f"states ({', '.join(own) or 'h0, c0'}) has no population form; build "
+                             f"it with learn_initial_state=false or train its members one by one")
+        rnn = getattr(first, "rnn", None)
+        if rnn is not None and any(type(getattr(layer, "norm_cell", None)).__name__ == "CellBias"
+                                   for layer in rnn.layers):
+            raise ValueError("PopulationLM.stack: CharLSTM(cell_bias=True) has no population form; "
+                             "build it with cell_bias=false or train its members one by one")
         for k, model in enumerate(models):
             if type(model) is not type(first):
                 raise ValueError(f"PopulationLM.stack: models[{k}] is a {type(model).__name__}, "
@@ -171,7 +184,9 @@ class PopulationLM(nn.Module):
             logits = logits.float()
         nll = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
         nll = nll.view(T, M, B).sum((0, 2))
-        return StepOutput(objective=nll.sum() / (T * B), loss_sum=nll.detach(), count=T * B)
+        errors = (logits.detach().argmax(-1) != y).sum((0, 2))  # the next-symbol error rate's count
+        return StepOutput(objective=nll.sum() / (T * B), loss_sum=nll.detach(), count=T * B,
+                          sums={"errors": errors})
 
     def _speech(self, features: Tensor, lengths: Tensor, labels: Tensor) -> StepOutput:
         """FramewiseClassifier's step per member, on one batch for every member: features
