@@ -51,7 +51,12 @@ LENGTHS = ("50", "100", "200", "500", "1000", "whole")  # keys of test_bpc_by_le
 
 
 def protocol_of(config: dict) -> str:
-    """The run's data recipe, e.g. 'encoding=bnrnn, examples=shifted, crop=none'."""
+    """The run's protocol (``protocol=cooijmans_text|cooijmans_code``, configs/protocol/); for a
+    run from before those existed, its data recipe, e.g. 'encoding=bnrnn, examples=shifted,
+    crop=none'."""
+    name = (config.get("protocol") or {}).get("name")
+    if name:
+        return name
     data = config.get("data") or {}
     return ", ".join(f"{k}={data.get(k, default)}" for k, default in DATA_PROTOCOL.items())
 
@@ -96,13 +101,13 @@ def group_rows(runs: list[Run]) -> list[Row]:
 def experiment_config() -> dict:
     """``experiment=cooijmans_char_ptb`` as Hydra composes it now: what a new run trains with."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
+    from bnrnn.report.runs import _resolve
     from bnrnn.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={NAME}"])
-    return OmegaConf.to_container(cfg, resolve=False)
+    return _resolve(cfg)  # the protocol's values resolved; ${oc.env:...} kept as written
 
 
 def _setting(config: dict, dotted: str):
@@ -231,8 +236,9 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         "paper's; \"sequences of 100\": the training-time evaluation on sequences of 100 "
         "from a zero state, which selects the best epoch (valid at that epoch, test with its "
         "weights). Complete runs: mean ± sample std over seeds; any other run has a row of its "
-        "own, marked in the status column. The protocol column is the data recipe "
-        "(`data.encoding`, `data.examples`, `data.crop`).",
+        "own, marked in the status column. The protocol column names the run's protocol "
+        "(`protocol=cooijmans_text`, the paper's text, or `cooijmans_code`, the official code; "
+        "docs/protocols.md).",
         "",
         f"- Paper column: {PAPER_SOURCE}: test bpc {PAPER_TEST_BPC['none']} (LSTM), "
         f"{PAPER_TEST_BPC['bn_recurrent']} (BN-LSTM). Δ is ours (whole split) minus the paper's, "
