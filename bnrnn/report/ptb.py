@@ -702,7 +702,11 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         "the batch's own statistics: that is how the authors' code validated (its nested BN "
         "layers stay in training mode). The column \"as the authors' code measured\" is that "
         "number (batch statistics for BN rows, the model as it is otherwise). Population "
-        "statistics and ppl are the correct measurement and the one every other column uses.",
+        "statistics and ppl are the correct measurement and the one every other column uses. "
+        "Per-step BN statistics restart at step 0 in every BPTT window while the state is "
+        "carried (as in training, and as the authors' code evaluated); every committed number "
+        "was measured so. `trainer.stream_splits` instead evaluates a split as one stream, "
+        "each window at its absolute steps (`t0`, steps past T_max on the last statistics).",
         "",
         EVALUATION.markdown(rows),
         "## What our numbers show",
