@@ -49,6 +49,42 @@ class Interrupted(RuntimeError):
         return cls(f"received {signal.Signals(signum).name}", signum)
 
 
+class StopSignals:
+    """SIGTERM and SIGINT during training, as :class:`Interrupted`: at once, except while an
+    epoch's records are being written (``with signals.deferred():``), when the signal waits for
+    them, so a stopped run never leaves a half-written epoch. ``with StopSignals() as s:``
+    installs the handlers and puts the previous ones back."""
+
+    def __init__(self):
+        self._writing, self._pending, self._previous = False, None, {}
+
+    def __enter__(self) -> "StopSignals":
+        self._previous = {sig: signal.signal(sig, self._on_signal)
+                          for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame):
+        if self._writing:
+            self._pending = signum
+            return
+        raise Interrupted.by(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """The block runs to its end whatever signal arrives; one that did is raised after it."""
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._pending is not None:
+            raise Interrupted.by(self._pending)
+
+
 @dataclass
 class TrainerConfig:
     max_epochs: int
@@ -275,24 +311,20 @@ class Trainer:
         """Train to ``max_epochs`` (or the end of a resumed run); returns ``final.json``."""
         status, error = "completed", None
         self.signum = None
-        self._writing, self._pending = False, None
-        previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while self.epoch < self.cfg.max_epochs:
-                if self.cfg.stop_after_epochs is not None and len(self.history) >= self.cfg.stop_after_epochs:
-                    raise Interrupted(f"stop_after_epochs={self.cfg.stop_after_epochs} reached")
-                if self._out_of_time():
-                    break
-                self._train_one_epoch()
-        except Diverged as e:
-            status, error = "diverged", str(e)
-        except (KeyboardInterrupt, Interrupted) as e:
-            status, error = "interrupted", str(e) or type(e).__name__
-            self.signum = getattr(e, "signum", signal.SIGINT)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        # a signal interrupts the run cleanly (between its epochs' records, never inside them)
+        with StopSignals() as self._signals:
+            try:
+                while self.epoch < self.cfg.max_epochs:
+                    if self.cfg.stop_after_epochs is not None and len(self.history) >= self.cfg.stop_after_epochs:
+                        raise Interrupted(f"stop_after_epochs={self.cfg.stop_after_epochs} reached")
+                    if self._out_of_time():
+                        break
+                    self._train_one_epoch()
+            except Diverged as e:
+                status, error = "diverged", str(e)
+            except (KeyboardInterrupt, Interrupted) as e:
+                status, error = "interrupted", str(e) or type(e).__name__
+                self.signum = getattr(e, "signum", signal.SIGINT)
         test, extra = None, {}
         if status == "completed" and self.best is not None and (self.cfg.test_split or self.cfg.stream_splits):
             test, extra = self._test_at_best()
@@ -327,8 +359,7 @@ class Trainer:
             self.scheduler.step()
         self.elapsed += time.perf_counter() - t0
         row |= {"epoch_time": time.perf_counter() - t0, "wall_time": self.elapsed}
-        self._writing = True  # a signal now waits until the epoch's records are all written
-        try:
+        with self._signals.deferred():  # a signal now waits until the epoch's records are all written
             self.history.append(row)
             key = self.selection_key
             if self.best is None or row[key] < self.best[key]:
@@ -341,16 +372,6 @@ class Trainer:
             self._final("running", None, None)
             if self.logger:
                 self.logger.log(row, step=self.step)
-        finally:
-            self._writing = False
-        if self._pending is not None:
-            raise Interrupted.by(self._pending)
-
-    def _on_signal(self, signum, frame):
-        if self._writing:
-            self._pending = signum
-            return
-        raise Interrupted.by(signum)
 
     def _test_at_best(self) -> tuple[dict[str, float] | None, dict]:
         """The test metrics and the whole-split metrics of the best-validation weights, after

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from bnrnn import checkpoint
-from bnrnn.engine import Interrupted, Trainer, TrainerConfig, _metrics_only, _non_finite, _progress, _to
+from bnrnn.engine import Interrupted, StopSignals, Trainer, TrainerConfig, _metrics_only, _non_finite, _progress, _to
 from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
@@ -249,23 +249,20 @@ class PopulationTrainer:
 
     def fit(self) -> list[dict]:
         """Train to ``max_epochs``; returns every member's ``final.json``."""
-        self._writing, self._pending = False, None
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         interrupted = None
-        try:
-            while self.epoch < self.cfg.max_epochs and self.live():
-                # as a single run counts it: epochs completed (its metrics rows)
-                if self.cfg.stop_after_epochs is not None and self.epoch >= self.cfg.stop_after_epochs:
-                    raise Interrupted(f"stop_after_epochs={self.cfg.stop_after_epochs} reached")
-                if self._out_of_time():
-                    break
-                self._train_one_epoch()
-        except (KeyboardInterrupt, Interrupted) as e:
-            interrupted = str(e) or type(e).__name__
-            self.signum = getattr(e, "signum", signal.SIGINT)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        # a signal interrupts the run cleanly (between its epochs' records, never inside them)
+        with StopSignals() as self._signals:
+            try:
+                while self.epoch < self.cfg.max_epochs and self.live():
+                    # as a single run counts it: epochs completed (its metrics rows)
+                    if self.cfg.stop_after_epochs is not None and self.epoch >= self.cfg.stop_after_epochs:
+                        raise Interrupted(f"stop_after_epochs={self.cfg.stop_after_epochs} reached")
+                    if self._out_of_time():
+                        break
+                    self._train_one_epoch()
+            except (KeyboardInterrupt, Interrupted) as e:
+                interrupted = str(e) or type(e).__name__
+                self.signum = getattr(e, "signum", signal.SIGINT)
         live = self.live()
         if interrupted is not None:
             for m in live:
@@ -317,8 +314,7 @@ class PopulationTrainer:
         self.elapsed += epoch_time
         self.last_epoch_time = epoch_time
         key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
-        self._writing = True  # a signal now waits until the epoch's records are all written
-        try:
+        with self._signals.deferred():  # a signal now waits until the epoch's records are all written
             for m in self.live():
                 r, row = self.members[m], rows[m] | {"epoch_time": epoch_time, "wall_time": self.elapsed}
                 r.history.append(row)
@@ -333,16 +329,6 @@ class PopulationTrainer:
                 self._final(m, None)
                 if self.members[m].logger:
                     self.members[m].logger.log(self.members[m].history[-1], step=self.step)
-        finally:
-            self._writing = False
-        if self._pending is not None:
-            raise Interrupted.by(self._pending)
-
-    def _on_signal(self, signum, frame):
-        if self._writing:
-            self._pending = signum
-            return
-        raise Interrupted.by(signum)
 
     def _member_state(self, m: int) -> dict:
         """Member m's state as an ordinary model's ``state_dict`` (loadable by a single run)."""

@@ -266,10 +266,15 @@ def test_weights_only_rejects_a_pickled_object(tmp_path):
 
 
 def test_a_signal_while_the_epoch_is_written_waits_for_the_records():
-    trainer = engine.Trainer.__new__(engine.Trainer)  # only the signal logic is exercised
-    trainer._writing, trainer._pending = True, None
-    trainer._on_signal(signal.SIGTERM, None)  # deferred: no half-written epoch
-    assert trainer._pending == signal.SIGTERM
-    trainer._writing = False
+    signals, written = engine.StopSignals(), []
+    with pytest.raises(engine.Interrupted, match="SIGTERM"):
+        with signals.deferred():
+            signals._on_signal(signal.SIGTERM, None)  # deferred: no half-written epoch
+            written.append("the rest of the epoch's records")
+    assert written  # the block ran to its end, then the signal was raised
     with pytest.raises(engine.Interrupted, match="SIGINT"):
-        trainer._on_signal(signal.SIGINT, None)
+        signals._on_signal(signal.SIGINT, None)  # outside the block: at once
+    before = signal.getsignal(signal.SIGTERM)
+    with engine.StopSignals():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
