@@ -75,6 +75,12 @@ def shape_of(name: str) -> Shape:
     of experiment=speech_librispeech, or ``tiny`` (the test's)."""
     if name == "tiny":
         return Shape("tiny", 5, 4, 8, 8, 2)
+    if name == "char_ptb":  # Cooijmans' char-level LSTM: one layer on one-hot characters
+        c = experiment("cooijmans_char_ptb")
+        vocab = 50  # PTB's characters with the end-of-line (docs/reference.md §4)
+        return Shape("char_ptb", c["data"]["seq_len"], c["data"]["batch_size"],
+                     c["model"].get("embedding_size") or vocab, c["model"]["hidden_size"],
+                     c["model"]["num_layers"])
     if name == "speech":
         c = experiment("speech_librispeech")
         return Shape("speech", SPEECH_FRAMES, c["data"]["batch_size"], FEATURE_DIM,
@@ -480,7 +486,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
     ap.add_argument("--out", default="results/bench.md")
-    ap.add_argument("--shapes", default="ptb_small,ptb_medium,ptb_large,speech")
+    ap.add_argument("--shapes", default="ptb_small,ptb_medium,ptb_large,speech,char_ptb")
     ap.add_argument("--precisions", default=None, help="fp32,bf16 (default: both on GPU, fp32 on CPU)")
     ap.add_argument("--ptb-sizes", default=None,
                     help="full WordLM steps for these sizes (default: the PTB shapes benchmarked)")

@@ -67,6 +67,9 @@ def test_shapes_and_variants_come_from_the_configs():
     assert (s.B, s.H, s.L, s.stats, s.bidirectional) == (c.data.batch_size, c.model.hidden_size,
                                                         c.model.num_layers, c.model.stats, True)
     assert [n for _, n, _ in bench_rnn.CANDIDATES if n is not None] == list(VARIANTS)
+    c, s = make_cfg(["experiment=cooijmans_char_ptb"]), bench_rnn.shape_of("char_ptb")
+    assert (s.T, s.B, s.H, s.L) == (c.data.seq_len, c.data.batch_size, c.model.hidden_size,
+                                    c.model.num_layers)
     assert set(bench_rnn.PTB_SIZES) == {"ptb_small", "ptb_medium", "ptb_large"}
     assert set(bench_rnn.TABLE2_NORMS) <= set(VARIANTS)
 
