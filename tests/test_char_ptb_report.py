@@ -88,10 +88,12 @@ def test_runs_are_averaged_marked_and_set_beside_the_paper(tmp_path):
     out = tmp_path / "out"
     written = char_ptb.build(runs, out, "cmd")
     assert [p.name for p in written] == ["char_ptb.md", "char_ptb.csv", "char_ptb_curves.png",
-                                         "char_ptb_curves.pdf"]
-    assert written[2].read_bytes()[:4] == b"\x89PNG" and written[3].read_bytes()[:4] == b"%PDF"
+                                         "char_ptb_curves.pdf", "char_ptb_lengths.png",
+                                         "char_ptb_lengths.pdf"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written[2::2])
+    assert all(p.read_bytes()[:4] == b"%PDF" for p in written[3::2])
     md = written[0].read_text()
-    assert "](char_ptb_curves.png)" in md
+    assert "](char_ptb_curves.png)" in md and "](char_ptb_lengths.png)" in md
 
     base = cells(md, "LSTM (baseline)")
     assert base["status"] == "complete" and base["seeds"] == "1, 2" and base["epochs"] == "50/50"

@@ -22,7 +22,7 @@ import functools
 from pathlib import Path
 
 from bnrnn.report import table
-from bnrnn.report.format import DASH, curves_figure, ordered, provenance, write_table
+from bnrnn.report.format import DASH, curves_figure, figure, ordered, provenance, save_figure, write_table
 from bnrnn.report.runs import MECHANICS, STATUS_MARKED, Run, RunError, extra_overrides, load_runs
 from bnrnn.report.table import (EPOCHS, HARDWARE, SEEDS, STATUS, VARIANT, Table, column, metric,
                                 shown)
@@ -213,6 +213,31 @@ def plot_curves(rows: list[Row], base: Path) -> list[Path]:
                          log_subs=(1.0, 1.2, 1.4, 1.6, 1.8))
 
 
+def plot_lengths(rows: list[Row], base: Path) -> list[Path]:
+    """Test bpc against evaluation length (``test_bpc_by_length``: examples of 50 ... 1000 from
+    a fresh state, then the whole split as one stream at the right), one line per row with
+    any, the mean over its runs; faint where the row is not complete. None without data."""
+    lengths = [n for n in LENGTHS if n != "whole"]
+    drawn = [r for r in rows if any(r.mean(f"length_{n}") is not None for n in LENGTHS)]
+    if not drawn:
+        return []
+    with figure(6.0, 4.2) as fig:
+        ax = fig.add_subplot(1, 1, 1)
+        positions = list(range(len(LENGTHS)))
+        for row in drawn:
+            values = [row.mean(f"length_{n}") for n in LENGTHS]
+            points = [(x, v) for x, v in zip(positions, values) if v is not None]
+            ax.plot(*zip(*points), marker="o", color=COLOURS.get(row.norm, "#7f7f7f"),
+                    alpha=1.0 if row.complete else 0.4, label=row.label)
+        ax.set_xticks(positions, [*lengths, "whole split"])
+        ax.set_xlabel("evaluation length (symbols per example; whole: one stream)")
+        ax.set_ylabel("test bits per character")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return save_figure(fig, base)
+
+
 def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
     """Write ``out_dir/char_ptb.{md,csv}`` (and the curves once there are runs) from the runs
     under ``runs_root`` (none is fine)."""
@@ -262,6 +287,8 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
         "was trained on.",
         "",
         BY_LENGTH.markdown(rows),
+        *(["![Test bpc against evaluation length](char_ptb_lengths.png)", ""]
+          if any(r.final.get("test_bpc_by_length") for r in runs) else []),
         "## Runs",
         "",
         RUNS.markdown(sorted(runs, key=lambda r: (ordered(VARIANTS, r.norm), r.seed or 0,
@@ -275,4 +302,5 @@ def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
     base = Path(out_dir) / "char_ptb"
     write_table(base, md, CSV.records(rows))
     figures = plot_curves([r for r in rows if r.runs], base.with_name("char_ptb_curves")) if runs else []
+    figures += plot_lengths([r for r in rows if r.runs], base.with_name("char_ptb_lengths"))
     return [base.with_suffix(".md"), base.with_suffix(".csv"), *figures]
