@@ -239,6 +239,11 @@ PAPER = Group({
     "values": Rule("a mapping of dotted configuration keys to the paper's values",
                    lambda v: isinstance(v, Mapping) and bool(v) and all(isinstance(k, str) for k in v)),
     "substitutes": optional(list_of(string())),
+    # settings the paper leaves open: what bnrnn chose and why (the reports print them)
+    "unstated": optional(Rule("a list of {setting, value, why} strings",
+                              lambda v: isinstance(v, list) and all(
+                                  isinstance(x, Mapping) and set(x) == {"setting", "value", "why"}
+                                  and all(isinstance(x[k], str) and x[k] for k in x) for x in v))),
 }, required=("source", "values"))
 
 _LOCAL = {"root": optional(string()), "cache_dir": string(), "download": BOOL}

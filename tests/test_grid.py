@@ -100,3 +100,17 @@ def test_full_protocol_is_not_reduced_and_duplicates_are_refused(tmp_path):
     assert any("first 5 batches" in r for r in reductions(short))
     with pytest.raises(RunError, match="collected twice"):
         paired(trials + trials[:1])
+
+
+def test_grid_md_lists_every_setting_the_appendix_leaves_open():
+    from bnrnn.config import ConfigError, validate
+    from bnrnn.report import grid
+    from tests.helpers import make_cfg
+
+    cfg = validate(make_cfg(["experiment=grid_char_rnn"]))
+    lines = "\n".join(grid._unstated())
+    assert "## What the appendix does not state" in lines
+    for item in cfg["paper"]["unstated"]:
+        assert f"| {item['setting']} | {item['value']} |" in lines
+    with pytest.raises(ConfigError, match="paper.unstated"):
+        validate(make_cfg(["experiment=grid_char_rnn", "paper.unstated=[{setting: x}]"]))

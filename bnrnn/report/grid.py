@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from bnrnn.report.format import (DASH, epoch_axis, figure, fmt, markdown_table, provenance,
                                  save_figure, write_table)
-from bnrnn.report.runs import Run, RunError, load_runs
+from bnrnn.report.runs import Run, RunError, load_runs, published_protocol
 from bnrnn.report.table import Table, column
 
 NAME = "grid_char_rnn"  # the experiment whose trials this family reads
@@ -285,7 +285,8 @@ def _markdown(trials: list[Trial], rows: list[Pair], unmatched: list[Trial], com
               f"{PAPER_FIGURE3['batch_size']} (baseline blue, BN red, as here).",
               "", "## Every sampled point", "",
               "Sorted by learning rate; a diverged trial shows the epoch in which its loss became "
-              "non-finite.", "", POINTS.markdown(rows), "", "## Time per trial", "", *_timing(trials),
+              "non-finite.", "", POINTS.markdown(rows), "", *_unstated(),
+              "## Time per trial", "", *_timing(trials),
               "", "## Provenance", "", provenance([t.run for t in trials], command).rstrip("\n")]
     return "\n".join(parts) + "\n"
 
@@ -354,6 +355,22 @@ def plot_curves(trials: list[Trial], base: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------- entry
+UNSTATED = Table((column("setting", lambda u: u["setting"]), column("bnrnn's value", lambda u: u["value"]),
+                  column("why", lambda u: u["why"])))
+
+
+def _unstated() -> list[str]:
+    """What the appendix leaves open and what bnrnn chose, from the experiment's published
+    protocol (configs/paper/grid.yaml, as configured now)."""
+    paper = published_protocol("grid_char_rnn") or {}
+    if not paper.get("unstated"):
+        return []
+    return ["## What the appendix does not state", "",
+            f"{paper['source']} states the data, model, optimizer family, epochs and search space "
+            "(docs/reference.md §4); every other setting is bnrnn's, the same for both norms "
+            "(`configs/paper/grid.yaml`):", "", UNSTATED.markdown(paper["unstated"]), ""]
+
+
 def build(runs_root: Path, out_dir: Path, command: str) -> list[Path]:
     """Write ``grid.md``/``grid.csv``, ``grid_lr.png`` and ``grid_curves.png`` into ``out_dir``."""
     runs_root, out_dir = Path(runs_root), Path(out_dir)
