@@ -40,7 +40,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used: one line, ``config error: key=value: why``."""
 
     def __init__(self, key: str, problem: str, value: Any = ...):
-        shown = key if value is ... else f"{key}={show(value)}"
+        written = "" if value is ... else show(value)
+        if len(written) > 120:  # a whole list or mapping: the key says where, the start what
+            written = written[:100] + f" ... ({len(written)} characters)"
+        shown = key if value is ... else f"{key}={written}"
         super().__init__(f"config error: {shown}: {problem}")
         self.key = key
 

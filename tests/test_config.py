@@ -303,3 +303,11 @@ def test_resolved_config_is_returned():
     c = validate(make_cfg(["experiment=ptb_small", "protocol=zaremba"]))
     assert c["data"]["batch_size"] == 20 and c["trainer"]["max_epochs"] == 13
     json.dumps(c)  # plain containers
+
+
+def test_a_long_bad_value_is_shortened_in_the_one_line_error():
+    from bnrnn.config import ConfigError
+
+    message = str(ConfigError("paper.unstated", "unknown key", [{"setting": "x" * 50}] * 10))
+    assert message.startswith("config error: paper.unstated=[") and "characters)" in message
+    assert len(message) < 200
