@@ -37,3 +37,20 @@ def cli(args: list[str], cwd: Path = REPO, timeout: int = 300) -> subprocess.Com
 
 def strip_times(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
+
+
+def perturb_norms(layer) -> None:
+    """Move a layer's γ/β off their initial values and give every batch norm random per-step
+    population statistics (each step's differs, so a statistic read at the wrong step shows)."""
+    import torch
+
+    from bnrnn.nn import SeqBatchNorm
+
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.rand_like(p))
+        for bn in layer.modules():
+            if isinstance(bn, SeqBatchNorm):
+                bn.running_mean.normal_()
+                bn.running_var.uniform_(0.5, 2.0)

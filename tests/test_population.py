@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnrnn.nn import VARIANTS, NormLSTM, NormRNN, SeqBatchNorm
+from bnrnn.nn import VARIANTS, NormLSTM, NormRNN
 from bnrnn.nn.base import BadInput
+from tests.helpers import perturb_norms
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import make_nn_outputs  # noqa: E402  (the fixture's own recipe)
@@ -34,14 +35,7 @@ def member_layers(cls, norm, n=M, **kw):
     for m in range(n):
         torch.manual_seed(100 + m)
         layer = cls(I, H, norm=norm, **kw).double()
-        with torch.no_grad():
-            for name, p in layer.named_parameters():
-                if "norm" in name:
-                    p.add_(0.3 * torch.rand_like(p))
-            for bn in layer.modules():
-                if isinstance(bn, SeqBatchNorm):
-                    bn.running_mean.normal_()
-                    bn.running_var.uniform_(0.5, 2.0)
+        perturb_norms(layer)
         layers.append(layer)
     return layers
 

@@ -4,8 +4,9 @@ and on the fused kernels (Triton interpreter on CPU, float64)."""
 import pytest
 import torch
 
-from bnrnn.nn import VARIANTS, NormLSTM, NormRNN, SeqBatchNorm
+from bnrnn.nn import VARIANTS, NormLSTM, NormRNN
 from bnrnn.nn.base import BadInput
+from tests.helpers import perturb_norms
 
 f64 = torch.float64
 CASES = [(NormLSTM, n) for n in VARIANTS] + [(NormRNN, n) for n in NormRNN.norms_allowed]
@@ -18,14 +19,7 @@ def model(cls, norm, backend, **kw):
     """Two stacked layers with perturbed γ/β and random per-step population statistics (every
     step's differs, so a statistic read at the wrong step shows)."""
     m = cls(3, 4, 2, norm=norm, backend="reference", max_steps=T_MAX, **kw).double()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "norm" in name:
-                p.add_(0.3 * torch.rand_like(p))
-        for bn in m.modules():
-            if isinstance(bn, SeqBatchNorm):
-                bn.running_mean.normal_()
-                bn.running_var.uniform_(0.5, 2.0)
+    perturb_norms(m)
     m.backend = backend
     return m
 
