@@ -102,12 +102,12 @@ def experiment_config() -> dict:
     """``experiment=cooijmans_char_ptb`` as Hydra composes it now: what a new run trains with."""
     from hydra import compose, initialize_config_dir
 
-    from bnrnn.report.runs import _resolve
+    from bnrnn.report.runs import resolve_portably
     from bnrnn.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={NAME}"])
-    return _resolve(cfg)  # the protocol's values resolved; ${oc.env:...} kept as written
+    return resolve_portably(cfg)  # the protocol's values resolved; ${oc.env:...} kept as written
 
 
 def _setting(config: dict, dotted: str):

@@ -298,10 +298,13 @@ def _read_config(path: Path) -> dict:
     cfg = OmegaConf.load(path)
     if not OmegaConf.is_dict(cfg):
         raise RunError(f"{path} must hold a mapping (Hydra's composed config)")
-    return _resolve(cfg)
+    return resolve_portably(cfg)
 
 
-def _resolve(node) -> Any:
+def resolve_portably(node) -> Any:
+    """An OmegaConf node as plain data, interpolations into other keys resolved and
+    ``${oc.env:...}``, ``${hydra:...}``, ``${now:...}`` kept as written (the reading machine's
+    environment never enters a report)."""
     if OmegaConf.is_dict(node):
         out = {}
         for key in node.keys():
@@ -321,5 +324,5 @@ def _resolve_child(parent, key) -> Any:
     except Exception:  # an interpolation that cannot be resolved outside its Hydra job
         return raw
     if OmegaConf.is_config(value):
-        return _resolve(value)
+        return resolve_portably(value)
     return value
