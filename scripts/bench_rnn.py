@@ -319,6 +319,39 @@ def bench_speech(device, warmup: int, reps: int, n_batches: int, model_overrides
     return rows
 
 
+def bench_directions(shape: Shape, device, warmup: int, reps: int) -> list[dict]:
+    """A bidirectional stack's training step on the fused loop with its two directions in one
+    recurrence (one launch per step serves both, ``joint_directions``) against one direction
+    after the other, per variant at ``shape`` (the speech stack)."""
+    timer, rows = Timer(device), []
+    x = torch.randn(shape.T, shape.B, shape.I, device=device)
+    for norm in VARIANTS:
+        model = build_rnn(shape, norm, "fused", device).train()
+        times = {}
+        for joint in (False, True):
+            model.joint_directions = joint
+            times[joint], _ = timer(rnn_step(model, x, device, "fp32"), warmup, reps)
+        rows.append(dict(shape=shape.name, T=shape.T, B=shape.B, I=shape.I, H=shape.H, L=shape.L,
+                         norm=norm, apart_ms=times[False], joint_ms=times[True],
+                         speedup=times[False] / times[True]))
+        print(f"directions {shape.name:10s} {norm:12s} apart {times[False]:9.3f} ms  joint "
+              f"{times[True]:9.3f} ms  x{rows[-1]['speedup']:5.2f}", flush=True)
+        del model
+    return rows
+
+
+def directions_markdown(rows) -> list[str]:
+    s = rows[0]
+    lines = ["## Bidirectional: both directions in one launch per step", "",
+             f"Training step (forward + backward) of the {s['shape']} stack (T={s['T']}, B={s['B']}, "
+             f"input {s['I']}, hidden {s['H']}, {s['L']} bidirectional layers) on the fused loop: the two directions run as "
+             f"one population of two (one launch per step for both, as cuDNN does) against one after "
+             f"the other; fp32/TF32.", "",
+             "| variant | one after the other ms | joint ms | speedup |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['norm']} | {r['apart_ms']:.3f} | {r['joint_ms']:.3f} | {r['speedup']:.2f} |" for r in rows]
+    return [*lines, ""]
+
+
 POPULATION_SIZES = (1, 4, 16, 52)  # 52: the appendix grid's trials per norm
 
 
@@ -380,7 +413,7 @@ def population_markdown(rows) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(rnn_rows, ptb_rows, meta, speech_rows=(), population_rows=()) -> str:
+def markdown(rnn_rows, ptb_rows, meta, speech_rows=(), population_rows=(), direction_rows=()) -> str:
     lines = ["# Recurrent layer speed: every NormLSTM variant against cuDNN `nn.LSTM`", "",
              f"- Hardware: {meta['hardware']}", f"- Date: {meta['date']}",
              f"- Git revision: `{meta['git_revision']}`", f"- Command: `{meta['command']}`",
@@ -462,6 +495,8 @@ def markdown(rnn_rows, ptb_rows, meta, speech_rows=(), population_rows=()) -> st
                       f"**{total:.2f} h**; target for the full {len(expected)}-run table: under 2 h on one H100 ({verdict}).", ""]
     if population_rows:
         lines += population_markdown(population_rows)
+    if direction_rows:
+        lines += directions_markdown(direction_rows)
     if speech_rows:
         lines += ["## Speech training throughput (experiment=speech_librispeech, fp32/TF32)", "",
                   "One pass over the same bucketed batches of varied length (utterances of 200-1300 "
@@ -497,6 +532,9 @@ def main(argv=None) -> None:
                          "= skip, on CPU)")
     ap.add_argument("--population-sizes", default=None,
                     help="population sizes M to time (default 1,4,16,52 on GPU, none on CPU; '' = skip)")
+    ap.add_argument("--directions", default=None, choices=("yes", "no"),
+                    help="time a bidirectional stack's directions jointly vs one after the other on "
+                         "the fused loop, at the speech shape (default yes on GPU, no on CPU)")
     ap.add_argument("--from-json", default=None,
                     help="re-render the markdown of an earlier run's JSON (no measurement)")
     args = ap.parse_args(argv)
@@ -504,7 +542,7 @@ def main(argv=None) -> None:
         data = json.loads(Path(args.from_json).read_text())
         data["meta"]["rendered"] = args.from_json
         write_text(Path(args.out), markdown(data["rnn"], data["ptb"], data["meta"], data.get("speech", []),
-                                            data.get("population", [])))
+                                            data.get("population", []), data.get("directions", [])))
         print(f"wrote {args.out}")
         return
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -528,6 +566,8 @@ def main(argv=None) -> None:
         ",".join(map(str, POPULATION_SIZES)) if gpu else ""
     members = [int(m) for m in members.split(",") if m]
     population_rows = bench_population(population_shapes(), members, device, warmup, reps) if members else []
+    directions = (args.directions or ("yes" if gpu else "no")) == "yes"
+    direction_rows = bench_directions(shape_of("speech"), device, warmup, reps) if directions else []
     revision = git_revision()
     if revision == "unknown":  # a copy of the tree without .git (e.g. a lent GPU machine)
         revision = os.environ.get("BNRNN_GIT_REVISION", "unknown")
@@ -535,9 +575,9 @@ def main(argv=None) -> None:
                 date=datetime.date.today().isoformat(), warmup=warmup, reps=reps,
                 command="python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]))
     out = Path(args.out)
-    write_text(out, markdown(rnn_rows, ptb_rows, meta, speech_rows, population_rows))
+    write_text(out, markdown(rnn_rows, ptb_rows, meta, speech_rows, population_rows, direction_rows))
     write_json(out.with_suffix(".json"), dict(meta=meta, rnn=rnn_rows, ptb=ptb_rows, speech=speech_rows,
-                                              population=population_rows))
+                                              population=population_rows, directions=direction_rows))
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

@@ -124,3 +124,16 @@ def test_population_rows_compare_one_population_with_separate_runs():
     c, grid = make_cfg(["experiment=grid_char_rnn"]), bench_rnn.population_shapes()[:3]
     assert {(s.T, s.H, s.L) for s in grid} == {(c.data.seq_len, c.model.hidden_size, c.model.num_layers)}
     assert [s.B for s in grid] == [32, 64, 128]  # the appendix's batch sizes (its search space)
+
+
+def test_directions_rows_time_joint_and_apart_on_the_fused_loop():
+    """The bidirectional rows at a tiny size under the interpreter: every variant timed both
+    ways, on the fused loop, and rendered."""
+    shape = bench_rnn.Shape("tiny_bidirectional", 3, 2, 4, 4, 1, True)
+    rows = bench_rnn.bench_directions(shape, torch.device("cpu"), 0, 1)
+    assert [r["norm"] for r in rows] == list(VARIANTS)
+    assert all(r["apart_ms"] > 0 and r["joint_ms"] > 0 for r in rows)
+    md = bench_rnn.markdown([], [], dict(hardware="x", device="cpu", git_revision="r", date="d",
+                                         warmup=0, reps=1, command="c"), direction_rows=rows)
+    assert "## Bidirectional: both directions in one launch per step" in md
+    assert md.count("| bn_recurrent |") == 1

@@ -74,6 +74,39 @@ def test_fused_stacked_bidirectional_with_tmax(norm):
         assert_same(run(ref, x, None, lengths), run(fus, x, None, lengths), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("norm, population", [("bn_recurrent", None), ("none", 2)],
+                         ids=["layer-bn_recurrent", "population-none"])
+def test_fused_bidirectional_runs_both_directions_in_one_recurrence(norm, population, monkeypatch):
+    """One fused recurrence (one launch per step) per layer serves both directions, and
+    computes what the directions run one after the other compute: outputs, gradients and the
+    statistics each direction updates in its own buffers."""
+    calls = []
+    apply = fused.FusedRecurrence.apply
+    monkeypatch.setattr(fused.FusedRecurrence, "apply", lambda *a: calls.append(1) or apply(*a))
+    torch.manual_seed(3)
+    joint = NormLSTM(3, 5, 1, bidirectional=True, norm=norm, backend="fused", max_steps=3,
+                     population=population).double()
+    apart = copy.deepcopy(joint)
+    apart.joint_directions = False
+    lead = () if population is None else (population,)
+    x = torch.randn(5, *lead, 4, 3, dtype=f64)
+    lengths = torch.tensor([5, 3, 5, 2] if population is None else [[5, 3, 5, 2], [1, 5, 4, 5]])
+    for train in (True, False):
+        joint.train(train)
+        apart.train(train)
+        calls.clear()
+        a = run(apart, x, None, lengths)
+        assert len(calls) == 2  # one per direction
+        calls.clear()
+        b = run(joint, x, None, lengths)
+        assert len(calls) == 1
+        assert_same(a, b, rtol=1e-12, atol=1e-14)
+        joint.zero_grad()
+        apart.zero_grad()
+    assert joint.state_dict().keys() == apart.state_dict().keys()  # the joint modules are not ours
+    assert len(list(joint.parameters())) == len(list(apart.parameters()))
+
+
 @pytest.mark.parametrize("norm", ["none", "bn_input", "bn_sum"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_fused_tanh_rnn_equals_reference_float64(norm, train):

@@ -781,17 +781,84 @@ class RecurrentStack(nn.Module):
         mask = lengths_mask(lengths, T)
         x, finals = input, []
         for k in range(self.num_layers):
-            outs = []
-            for d in range(D):
-                i = k * D + d
-                xd = x if d == 0 else reverse_padded(x, lengths)
-                out, last = self.layers[i](xd, tuple(s[i] for s in state), mask, backend, t0)
-                outs.append(out if d == 0 else reverse_padded(out, lengths))
-                finals.append(last)
+            layers = self.layers[k * D:(k + 1) * D]
+            states = [tuple(s[k * D + d] for s in state) for d in range(D)]
+            if D == 2 and backend == "fused" and self.joint_directions \
+                    and next(_settings_differ(*layers), None) is None:
+                outs, lasts = self._directions_jointly(k, x, states, lengths, mask, backend)
+            else:
+                outs, lasts = [], []
+                for d, layer in enumerate(layers):
+                    out, last = layer(x if d == 0 else reverse_padded(x, lengths), states[d], mask,
+                                      backend, t0)
+                    outs.append(out if d == 0 else reverse_padded(out, lengths))
+                    lasts.append(last)
+            finals += lasts
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
             if self.dropout and k < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, self.training)
         return x, tuple(torch.stack(s) for s in zip(*finals))
+
+    # On the fused backend a bidirectional layer runs its two directions as one population of
+    # 2 (2M): one launch per step serves both, as cuDNN does. False runs them one after the other
+    # (the benchmark's comparison; the results are the same).
+    joint_directions: bool = True
+
+    def _directions_jointly(self, k: int, x: Tensor, states: list[tuple[Tensor, ...]],
+                            lengths: Tensor | None, mask: Tensor | None, backend: str):
+        """Layer k's two directions in one recurrence: each direction's parameters and
+        statistics become a member of a population of 2 (2M for a population of M, direction-
+        major), the reversed input (:func:`reverse_padded`) beside the forward one, the mask
+        shared. Returns what the two layers run one after the other return (outputs in forward
+        time, final states); the statistics updated in training go back to each direction's
+        own buffers."""
+        fwd, bwd = self.layers[2 * k], self.layers[2 * k + 1]
+        single = self.population is None
+        M = 1 if single else self.population
+
+        def join(a: Tensor, b: Tensor, axis: int) -> Tensor:
+            """The two directions' tensors as members along ``axis`` (added for an ordinary layer)."""
+            return torch.cat([a.unsqueeze(axis), b.unsqueeze(axis)] if single else [a, b], axis)
+
+        def split(t: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+            a, b = t.split(M, axis)
+            return (a.squeeze(axis), b.squeeze(axis)) if single else (a, b)
+
+        joint = self._joint_stack().layers[2 * k]
+        for mine, theirs in zip(fwd.modules(), joint.modules()):  # the modes and settings of now
+            theirs.training = mine.training
+            for attr in _NORM_SETTINGS:
+                if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and hasattr(mine, attr):
+                    setattr(theirs, attr, getattr(mine, attr))
+        named = lambda layer: {**dict(layer.named_parameters()), **dict(layer.named_buffers())}  # noqa: E731
+        theirs = named(bwd)
+        tensors = {name: join(t, theirs[name], 0) for name, t in named(fwd).items()}
+        out, last = torch.func.functional_call(joint, tensors, (
+            join(x, reverse_padded(x, lengths), -3),
+            tuple(join(a, b, -3) for a, b in zip(*states)),
+            None if mask is None else join(mask, mask, -2), backend))
+        if any(isinstance(m, SeqBatchNorm) and m.training for m in fwd.modules()):
+            with torch.no_grad():  # in-place updates of the joined statistics, back home
+                for name, buffer in fwd.named_buffers():
+                    mine, others = split(tensors[name], 0)
+                    buffer.copy_(mine)
+                    theirs[name].copy_(others)
+        out_f, out_b = split(out, -3)
+        lasts = [tuple(split(s, -3)[d] for s in last) for d in (0, 1)]
+        return [out_f, reverse_padded(out_b, lengths)], lasts
+
+    def _joint_stack(self) -> "RecurrentStack":
+        """A stack of this configuration with twice the members, on the meta device (no memory):
+        the modules :meth:`_directions_jointly` calls with the joined tensors. Built once; not a
+        submodule (outside state_dict, parameters and ``to``)."""
+        joint = self.__dict__.get("_joint")
+        if joint is None:
+            with torch.random.fork_rng(devices=[]):
+                # time-major: run() has already put a batch-first input into that order
+                joint = type(self)(**{**self.configuration(), "batch_first": False},
+                                   population=2 * (self.population or 1), device="meta")
+            self.__dict__["_joint"] = joint
+        return joint
 
     native_fn = None  # torch._VF.lstm / torch._VF.rnn_tanh
 
