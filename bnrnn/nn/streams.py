@@ -26,14 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+DEVICES = ("cpu", "cuda")  # the kinds of device whose default generator a stream can stand in for
+
 
 def _device(device) -> torch.device:
     """A torch.device, a CUDA one with its index filled in (the generator is per device)."""
     device = torch.device(device)
+    if device.type not in DEVICES:
+        raise ValueError(f"MemberStreams: device must be one of {', '.join(DEVICES)}; got {device}")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"MemberStreams: device must be cpu or cuda; got {device}")
     return device
 
 
