@@ -194,3 +194,17 @@ def test_resume_continues_every_members_dropout_stream(word_dropout, tmp_path):
         a, b = member_dir(tmp_path / "whole", k), member_dir(tmp_path / "resumed", k)
         rows = strip_times(read_jsonl(b / "metrics.jsonl"))
         assert len(rows) == 3 and strip_times(read_jsonl(a / "metrics.jsonl")) == rows
+
+
+def test_resume_from_a_checkpoint_without_streams_says_the_masks_change(word_dropout, tmp_path, caplog):
+    """A last.pt written before populations had streams resumes, restarting the streams from
+    the seeds, and the log says the masks are no longer the single runs'."""
+    pop = word_dropout + ["population.seeds=[1,2]"]
+    run(make_cfg(pop + ["trainer.stop_after_epochs=1"]), tmp_path)
+    last = tmp_path / "checkpoints/last.pt"
+    state = checkpoint.load(last)
+    del state["streams"]
+    checkpoint.save(last, state)
+    run(make_cfg(pop + ["resume=true"]), tmp_path)
+    assert "has no member streams" in caplog.text and "not their single runs'" in caplog.text
+    assert json.loads((member_dir(tmp_path, 1) / "final.json").read_text())["status"] == "completed"
