@@ -14,6 +14,12 @@ one batch for every member; the speech classifier takes one (features, lengths, 
 for every member (its data order is the data's ``batch_seed``, not the run's seed). The loss and every additive statistic come out per member, shaped
 (M,); the objective is the sum of the members' own objectives (member m's parameters receive
 exactly the gradient of its own objective: members share no computation).
+
+Dropout (the word LM's input and output, every stack's between layers) draws one mask stream for
+the whole population, unless :meth:`PopulationLM.use_streams` gives it per-member streams
+(:mod:`bnrnn.nn.streams`): then member m's masks come from its own stream — its single run's,
+when the streams hold each member's generator state at the start of training, as
+``bnrnn.population_run`` gives them.
 """
 from __future__ import annotations
 
