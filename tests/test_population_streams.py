@@ -17,11 +17,12 @@ f64 = torch.float64
 
 
 def singles(xs_per_call, p, seeds=SEEDS):
-    """What each member's single run draws: seeded once, then F.dropout on each call's input."""
+    """What each member's single run draws: seeded once, then F.dropout on each call's input
+    (its own activation, contiguous as a single model's is)."""
     out = []
     for m, s in enumerate(seeds):
         torch.manual_seed(s)
-        out.append([F.dropout(x[..., m, :, :], p) for x in xs_per_call])
+        out.append([F.dropout(x[..., m, :, :].contiguous(), p) for x in xs_per_call])
     return out
 
 
@@ -166,3 +167,25 @@ def test_use_streams_needs_one_stream_per_member():
     pop = PopulationLM.stack([WordLM(11, hidden_size=H, dropout=0.5) for _ in SEEDS])
     with pytest.raises(ValueError, match="3 members.*2 streams"):
         pop.use_streams(MemberStreams.seeded([1, 2]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_member_masks_are_each_seeds_cuda_masks():
+    """On CUDA (ATen's fused native_dropout from the device's generator): member m's masks are
+    those of manual_seed(s_m) + F.dropout on its own contiguous activation, call after call, and
+    the outside CUDA generator state is untouched."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    xs = [torch.randn(35, M, 20, 650, device=device) for _ in range(2)]
+    expected = singles(xs, 0.5)
+    streams = MemberStreams.seeded(SEEDS, device)
+    for s, state in zip(SEEDS, streams.states):
+        torch.manual_seed(s)
+        assert torch.equal(state, torch.cuda.get_rng_state(device))
+    torch.manual_seed(123)
+    outside = torch.cuda.get_rng_state(device)
+    got = [member_dropout(x, 0.5, True, streams) for x in xs]
+    assert torch.equal(torch.cuda.get_rng_state(device), outside)
+    for m in range(M):
+        for call in range(2):
+            assert torch.equal(got[call][:, m], expected[m][call]), (m, call)
