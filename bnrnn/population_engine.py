@@ -11,13 +11,15 @@ Divergence is the single run's rule applied to each member alone (non-finite los
 stretch above chance + margin, non-finite final metrics): the member is frozen
 (:class:`~bnrnn.population.FrozenMembers`), its ``final.json`` says ``diverged`` with the epoch,
 and the others go on unchanged. The whole population is checkpointed in
-``<population dir>/checkpoints/last.pt`` after every epoch; resuming from it continues every
-member as an uninterrupted population run would.
+``<population dir>/checkpoints/last.pt`` after every epoch, with every member's dropout stream
+(``bnrnn.nn.streams``); resuming from it continues every member as an uninterrupted population
+run would.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import signal
 import time
@@ -33,6 +35,8 @@ from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
 from bnrnn.population import FrozenMembers, PopulationSchedule, PopulationSGD, clip_grad_norm_per_member
+
+log = logging.getLogger("bnrnn")
 
 
 @dataclass
@@ -115,6 +119,7 @@ class PopulationTrainer:
             "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
             "last_epoch_time": self.last_epoch_time,
             "rng": checkpoint.rng_state(),
+            "streams": None if self.model.streams is None else self.model.streams.state_dict(),
             "config": self.resolved_config,
         }
 
@@ -134,6 +139,23 @@ class PopulationTrainer:
                          if row["epoch"] <= self.epoch]
             write_jsonl(r.run_dir / "metrics.jsonl", r.history)
         checkpoint.set_rng_state(state["rng"])
+        self._resume_streams(state.get("streams"))
+
+    def _resume_streams(self, saved: dict | None) -> None:
+        """Each member's dropout stream where the checkpoint left it. A checkpoint of another
+        kind of device (or one written before populations had streams) cannot continue them:
+        the streams go on from where this run's build left them, and the masks from here on
+        are no longer the single runs' (said once, in the log)."""
+        streams = self.model.streams
+        if streams is None:
+            return
+        if saved is not None and saved["device"] == streams.device.type:
+            streams.load_state_dict(saved)
+            return
+        where = "has no member streams" if saved is None else f"was written on {saved['device']}"
+        log.warning("resume: the checkpoint %s; the members' dropout streams restart from their "
+                    "seeds on %s, so their masks from here on are not their single runs'",
+                    where, streams.device)
 
     # ------------------------------------------------------------------ divergence
     def _diverge(self, m: int, message: str) -> None:

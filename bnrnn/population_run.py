@@ -12,7 +12,9 @@ overrides (``final.json``'s ``command`` trains that member alone), ``metrics.jso
 
 Member k is built as a single run with its configuration would build it: the RNGs seeded with
 its seed, then its data, then its model; its data order is its data's (PTB characters shuffle
-by ``data.seed``, which follows ``seed``; PTB words have one order).
+by ``data.seed``, which follows ``seed``; PTB words have one order). Its dropout masks come from
+its own random stream: the state its device's generator has in its single run when training
+starts (``bnrnn.nn.streams``), saved with the population's checkpoint.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from bnrnn.config import ConfigError, validate, validate_data
 from bnrnn.engine import Interrupted, TrainerConfig
 from bnrnn.io import hardware, write_json
 from bnrnn.models.population import PopulationLM
+from bnrnn.nn.streams import DEVICES as STREAM_DEVICES
+from bnrnn.nn.streams import MemberStreams, generator_state
 from bnrnn.population import MemberSchedule, PopulationSchedule, PopulationSGD
 from bnrnn.population_engine import MemberRun, PopulationTrainer
 
@@ -227,7 +231,7 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
                              HydraConfig.get() if HydraConfig.initialized() else None)
     M, records, trainer = len(members), [], None
     try:
-        datas, models = _build(members, cfg.deterministic)
+        datas, models, streams = _build(members, cfg.deterministic, device)
         for p in members:
             mdir = run_dir / p.dir
             rundir.write_hydra_files(mdir, p.cfg, p.overrides)
@@ -237,7 +241,7 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
             logger = instantiate(p.cfg.logger, run_dir=str(mdir))
             logger.log_config(p.resolved)
             records.append(MemberRun(mdir, info, logger))
-        model = PopulationLM.stack(models).to(device)
+        model = PopulationLM.stack(models).to(device).use_streams(streams)
         optim = [p.resolved["optim"] for p in members]
         optimizer = PopulationSGD(dict(model.named_parameters()), M,
                                   **{k: [o.get(k, 0.0 if k != "nesterov" else False) for o in optim]
@@ -245,7 +249,8 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
         schedule = PopulationSchedule(optimizer, [_schedule(p.resolved.get("schedule")) for p in members])
         trainer_cfg = TrainerConfig(**members[0].resolved["trainer"])
         trainer_cfg.progress = trainer_cfg.progress and not cfg.quiet
-        seed_everything(members[0].seed, cfg.deterministic)  # training draws (dropout) from here
+        # what training draws outside the members' streams (nothing, today) comes from here
+        seed_everything(members[0].seed, cfg.deterministic)
         trainer = PopulationTrainer(
             model=model, data=PopulationData(datas, _splits(trainer_cfg)), optimizer=optimizer,
             schedule=schedule, clip=[p.resolved["trainer"]["clip_grad_norm"] for p in members],
@@ -270,13 +275,15 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
     return min(scores) if scores else float("inf")
 
 
-def _build(members: list[MemberPlan], deterministic: bool):
-    """Each member's data and model, built as its single run builds them (seed, data, model).
-    Members whose data configurations are equal share one data object when building it draws
-    nothing from the RNG (so sharing changes no member's initialisation)."""
+def _build(members: list[MemberPlan], deterministic: bool, device: torch.device):
+    """Each member's data and model, built as its single run builds them (seed, data, model),
+    and its random stream: ``device``'s generator state right after its model is built, where
+    its single run's training starts drawing (on CUDA nothing is drawn while building: the
+    seeded state). Members whose data configurations are equal share one data object when
+    building it draws nothing from the RNG (so sharing changes no member's initialisation)."""
     from bnrnn.train import seed_everything
 
-    datas, models, built = [], [], {}
+    datas, models, states, built = [], [], [], {}
     for p in members:
         seed_everything(p.seed, deterministic)
         key = repr(p.resolved["data"])
@@ -295,7 +302,13 @@ def _build(members: list[MemberPlan], deterministic: bool):
                               "of different members cannot be stacked", p.resolved["data"]["_target_"])
         datas.append(data)
         models.append(instantiate(p.cfg.model, **data.dims))
-    return datas, models
+        if device.type in STREAM_DEVICES:
+            states.append(generator_state(device))
+    if device.type not in STREAM_DEVICES:
+        log.warning("population on %s: no per-member random streams there (only on %s); dropout "
+                    "draws one mask stream for all members", device, ", ".join(STREAM_DEVICES))
+        return datas, models, None
+    return datas, models, MemberStreams(states, device)
 
 
 def _schedule(c: dict | None) -> MemberSchedule:

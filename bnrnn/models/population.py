@@ -14,6 +14,12 @@ one batch for every member; the speech classifier takes one (features, lengths, 
 for every member (its data order is the data's ``batch_seed``, not the run's seed). The loss and every additive statistic come out per member, shaped
 (M,); the objective is the sum of the members' own objectives (member m's parameters receive
 exactly the gradient of its own objective: members share no computation).
+
+Dropout (the word LM's input and output, every stack's between layers) draws one mask stream for
+the whole population, unless :meth:`PopulationLM.use_streams` gives it per-member streams
+(:mod:`bnrnn.nn.streams`): then member m's masks come from its own stream — its single run's,
+when the streams hold each member's generator state at the start of training, as
+``bnrnn.population_run`` gives them.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from bnrnn.models.lm import AUTHORS_EPS, WordLM
 from bnrnn.models.speech import IGNORE, FramewiseClassifier
 from bnrnn.nn.base import RecurrentStack, member_linear
 from bnrnn.nn.norms import per_member
+from bnrnn.nn.streams import MemberStreams, member_dropout
 
 
 class PopulationEmbedding(nn.Module):
@@ -63,11 +70,33 @@ class PopulationLinear(nn.Module):
         return y if self.bias is None else y + per_member(self.bias)
 
 
+class MemberDropout(nn.Module):
+    """nn.Dropout(p) of a population activation (..., M, B, F): with ``streams`` (set by
+    :meth:`PopulationLM.use_streams`) member m's mask is drawn from its own stream, else one
+    mask stream for the whole tensor (:func:`bnrnn.nn.streams.member_dropout`)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.streams: MemberStreams | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return member_dropout(x, self.p, self.training, self.streams)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 # what each kind of submodule of an ordinary model becomes in a population; a module with no
-# parameters or persistent buffers (dropout, the one-hot table) is kept as it is
+# parameters or persistent buffers (the one-hot table) is kept as it is
 def _populate(child: nn.Module, members: list[nn.Module]) -> nn.Module:
     if isinstance(child, RecurrentStack):
         return type(child).stack(members)
+    if isinstance(child, nn.Dropout):
+        if child.inplace:
+            raise ValueError("PopulationLM.stack: nn.Dropout(inplace=True) has no population "
+                             "form; build the model with inplace=False")
+        return MemberDropout(child.p)
     if isinstance(child, nn.Embedding):
         return PopulationEmbedding(torch.zeros(len(members), *child.weight.shape,
                                                dtype=child.weight.dtype, device=child.weight.device))
@@ -119,6 +148,7 @@ class PopulationLM(nn.Module):
                 raise ValueError(f"PopulationLM.stack: models[{k}] differs from models[0] in its "
                                  f"parameter shapes; a population has one configuration")
         self.population = len(models)
+        self.streams: MemberStreams | None = None  # one dropout mask stream for all (use_streams)
         self.kind = next(kind for kind, cls in KINDS_BY_NAME.items() if isinstance(first, cls))
         self.selection = first.selection
         self.chance_loss = first.chance_loss
@@ -136,6 +166,22 @@ class PopulationLM(nn.Module):
 
     stack = classmethod(lambda cls, models: cls(models))
     stack.__doc__ = "The population of M ordinary models of one kind and configuration."
+
+    def use_streams(self, streams: MemberStreams | None) -> "PopulationLM":
+        """Draw member m's dropout masks (input, output and between layers) from
+        ``streams.member(m)``, its single run's stream when ``streams`` holds each member's
+        generator state at the start of training (population_run does); None: one mask stream
+        for the whole population. The streams must be for the device the model is on."""
+        if streams is not None and len(streams) != self.population:
+            raise ValueError(f"PopulationLM.use_streams: a population of {self.population} "
+                             f"members needs one stream each; got {len(streams)} streams")
+        self.streams = streams
+        for module in self.modules():
+            if isinstance(module, MemberDropout):
+                module.streams = streams
+            elif isinstance(module, RecurrentStack):
+                module.member_streams = streams
+        return self
 
     def member(self, m: int) -> nn.Module:
         """Member m as an ordinary model (a copy of its parameters and statistics)."""
@@ -222,4 +268,4 @@ def seeded_population(build, seeds: Sequence[int]) -> PopulationLM:
     return PopulationLM.stack(models)
 
 
-__all__ = ["PopulationEmbedding", "PopulationLM", "PopulationLinear", "seeded_population"]
+__all__ = ["MemberDropout", "PopulationEmbedding", "PopulationLM", "PopulationLinear", "seeded_population"]

@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn import fused
 from bnrnn.nn.norms import STATS, SeqBatchNorm, SeqLayerNorm, check_population, leading, per_member
+from bnrnn.nn.streams import member_dropout
 from bnrnn.nn.variants import VARIANTS, Variant, make_norm, without_bias
 
 INITS = ("pytorch", "uniform", "glorot", "orthogonal")
@@ -249,6 +250,9 @@ class RecurrentStack(nn.Module):
     layer_class: type[RecurrentLayer]
     norms_allowed: tuple[str, ...]
     n_states: int = 1
+    # a population's per-member dropout streams (bnrnn.nn.streams.MemberStreams; not state:
+    # a checkpoint saves them apart); None: one mask stream for the whole (T, M, B, F) tensor
+    member_streams = None
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -796,7 +800,7 @@ class RecurrentStack(nn.Module):
             finals += lasts
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
             if self.dropout and k < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, self.training)
+                x = member_dropout(x, self.dropout, self.training, self.member_streams)
         return x, tuple(torch.stack(s) for s in zip(*finals))
 
     # On the fused backend a bidirectional layer runs its two directions as one population of
