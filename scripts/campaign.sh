@@ -15,6 +15,7 @@
 # Afterwards, on the machine with the repository:
 #   tar xzf runs.tgz -C /tmp/c && python scripts/collect_runs.py /tmp/c/runs --dest results/runs/ptb && make tables
 set -euo pipefail
+set -f  # a job's overrides are words, never file patterns (population.seeds=[2,3])
 [ $# -ge 2 ] || { echo "usage: $0 JOBS_FILE MAX_TIME_S [override ...]" >&2; exit 2; }
 jobs_file=$1; max_time=$2; shift 2
 [ -f "$jobs_file" ] || { echo "campaign: no jobs file $jobs_file" >&2; exit 2; }

@@ -38,6 +38,21 @@ def test_campaign_runs_jobs_side_by_side_and_packs_small_files(tmp_path, ptb_roo
     assert "prepare_data: bnrnn.data.ptb.PTBWordData ready" in p.stdout  # built once, first
 
 
+def test_a_population_job_writes_each_member_as_an_ordinary_run(tmp_path, ptb_root):
+    """A job line may train several seeds as one population (scripts/campaigns/ptb_seeds.txt):
+    each member comes back as its own run directory, named by population.member_dir."""
+    (tmp_path / "population.seeds=2").write_text("")  # a file the overrides must not glob to
+    jobs = "small/none experiment=ptb_small model.norm=none population.seeds=[2,3] population.member_dir='seed{seed}'\n"
+    p = campaign(tmp_path, jobs, f"data.root={ptb_root}", *TINY)
+    assert p.returncode == 0, p.stderr + p.stdout
+    with tarfile.open(tmp_path / "out" / "runs.tgz") as tar:
+        finals = {n: json.load(tar.extractfile(n)) for n in tar.getnames() if n.endswith("/final.json")}
+    members = {n: f for n, f in finals.items() if "/seed" in n}
+    assert sorted(members) == ["runs/small/none/seed2/final.json", "runs/small/none/seed3/final.json"]
+    assert [members[n]["seed"] for n in sorted(members)] == [2, 3]
+    assert all(f["status"] == "completed" for f in members.values())
+
+
 def test_campaign_stops_before_any_job_when_preparing_fails(tmp_path, ptb_root):
     p = campaign(tmp_path, "!prepare experiment=ptb_small data.bptt=0\nsmall/none experiment=ptb_small\n",
                  f"data.root={ptb_root}", *TINY)
