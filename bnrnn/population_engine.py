@@ -2,8 +2,9 @@
 ordinary run.
 
 :class:`PopulationTrainer` steps a :class:`~bnrnn.models.population.PopulationLM` with
-:class:`~bnrnn.population.PopulationSGD`, per-member clipping and schedules, and keeps for each
-member what :class:`bnrnn.engine.Trainer` keeps for a single run — its ``metrics.jsonl`` rows,
+:class:`~bnrnn.population.PopulationSGD` or :class:`~bnrnn.population.PopulationAdam`,
+per-member clipping and schedules, and keeps for each member what :class:`bnrnn.engine.Trainer`
+keeps for a single run — its ``metrics.jsonl`` rows,
 best epoch and ``checkpoints/best.pt`` (member m as an ordinary model's state), ``final.json``
 (written by the single run's own ``Trainer._final``) — in the member's own run directory.
 
@@ -32,7 +33,8 @@ from bnrnn.engine import Interrupted, StopSignals, Trainer, TrainerConfig, _metr
 from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
-from bnrnn.population import FrozenMembers, PopulationSchedule, PopulationSGD, clip_grad_norm_per_member
+from bnrnn.population import (FrozenMembers, PopulationOptimizer, PopulationSchedule,
+                              clip_grad_norm_per_member)
 
 
 @dataclass
@@ -81,7 +83,7 @@ class PopulationTrainer:
     """Train every member of ``model`` (module doc). ``clip[m]``: member m's gradient-norm limit
     (None: not clipped); ``config.clip_grad_norm`` is not used."""
 
-    def __init__(self, *, model: PopulationLM, data, optimizer: PopulationSGD,
+    def __init__(self, *, model: PopulationLM, data, optimizer: PopulationOptimizer,
                  schedule: PopulationSchedule, clip: list[float | None], config: TrainerConfig,
                  run_dir: str | Path, members: list[MemberRun], device: torch.device,
                  resolved_config: dict | None = None):
