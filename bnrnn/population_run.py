@@ -17,6 +17,7 @@ by ``data.seed``, which follows ``seed``; PTB words have one order).
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import sys
 from dataclasses import dataclass
@@ -32,20 +33,37 @@ from bnrnn.config import ConfigError, validate, validate_data
 from bnrnn.engine import Interrupted, TrainerConfig
 from bnrnn.io import hardware, write_json
 from bnrnn.models.population import PopulationLM
-from bnrnn.population import MemberSchedule, PopulationSchedule, PopulationSGD
+from bnrnn.population import MemberSchedule, PopulationAdam, PopulationSchedule, PopulationSGD
 from bnrnn.population_engine import MemberRun, PopulationTrainer
 
 log = logging.getLogger("bnrnn")
 
+
+@dataclass(frozen=True)
+class OptimizerForm:
+    """A torch optimizer's population form and the keys it takes (each may be per member; a key
+    left unset takes the torch optimizer's own default, as in a single run)."""
+
+    torch_class: type
+    population_class: type
+    keys: tuple[str, ...]
+
+
+# the optimizers a population trains with, by optim._target_
+OPTIMIZERS = {
+    "torch.optim.SGD": OptimizerForm(torch.optim.SGD, PopulationSGD,
+                                     ("lr", "momentum", "dampening", "weight_decay", "nesterov")),
+    "torch.optim.Adam": OptimizerForm(torch.optim.Adam, PopulationAdam,
+                                      ("lr", "betas", "eps", "weight_decay", "amsgrad")),
+}
 # population.<group>.<key> lists, each setting <group>.<key> of the members' configurations
-PER_MEMBER = {"optim": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
+PER_MEMBER = {"optim": tuple(dict.fromkeys(k for form in OPTIMIZERS.values() for k in form.keys)),
               "schedule": ("decay", "after_epoch", "every"),
               "trainer": ("clip_grad_norm",)}
 MODELS = ("bnrnn.models.lm.WordLM", "bnrnn.models.char.CharRNN", "bnrnn.models.char.CharLSTM",
           "bnrnn.models.speech.FramewiseClassifier")
 # batches of these data modules are (T, B) id tensors: members' own batches stack to (T, M, B)
 TOKEN_DATA = ("bnrnn.data.ptb.PTBWordData", "bnrnn.data.ptb_char.PTBCharData")
-SGD_KEYS = ("_target_", "lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
 def _lists(cfg: DictConfig) -> dict[str, list]:
@@ -91,6 +109,11 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
         if n != M:
             raise ConfigError(_population_key(key), f"has {n} values, {_population_key(first)} "
                               f"{M}; give every list one value per member", lists[key])
+    form = OPTIMIZERS.get((cfg.get("optim") or {}).get("_target_"))
+    for key in lists:  # a list for a key the optimizer does not take (momentum with Adam)
+        if form is not None and key.startswith("optim.") and key[len("optim."):] not in form.keys:
+            raise ConfigError(_population_key(key), f"is not a key of {form.torch_class.__name__}; "
+                              f"a population with it takes {', '.join(form.keys)} per member")
     if not (cfg.get("schedule") or {}).get("_target_") and any(k.startswith("schedule.") for k in lists):
         raise ConfigError("population.schedule", "per-member schedule values need a schedule; "
                           "add schedule=decay_after")
@@ -144,17 +167,18 @@ def _show(value) -> str:
 
 
 def _check_supported(c: dict) -> None:
-    """What a population can train: the LMs, SGD, decay_after or a constant rate."""
+    """What a population can train: the LMs, SGD or Adam, decay_after or a constant rate."""
     if c["model"].get("_target_") not in MODELS:
         raise ConfigError("model", f"a population trains {', '.join(MODELS)}; not this model",
                           c["model"].get("_target_"))
     optim = c["optim"]
-    if optim.get("_target_") != "torch.optim.SGD":
-        raise ConfigError("optim", "a population trains with SGD (per-member learning rate and "
-                          "momentum); use optim=sgd", optim.get("_target_"))
-    if extra := [k for k in optim if k not in SGD_KEYS]:
-        raise ConfigError(f"optim.{extra[0]}", f"not supported in a population; it takes "
-                          f"{', '.join(SGD_KEYS[1:])}")
+    if optim.get("_target_") not in OPTIMIZERS:
+        raise ConfigError("optim", f"a population trains with {' or '.join(OPTIMIZERS)} "
+                          f"(optim=sgd or optim=adam)", optim.get("_target_"))
+    keys = OPTIMIZERS[optim["_target_"]].keys
+    if extra := [k for k in optim if k not in ("_target_", *keys)]:
+        raise ConfigError(f"optim.{extra[0]}", f"not supported in a population with "
+                          f"{optim['_target_']}; it takes {', '.join(keys)}")
     schedule = c.get("schedule") or {}
     if schedule.get("_target_") not in (None, "bnrnn.schedules.decay_after"):
         raise ConfigError("schedule", "a population supports schedule=decay_after or none",
@@ -238,10 +262,7 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
             logger.log_config(p.resolved)
             records.append(MemberRun(mdir, info, logger))
         model = PopulationLM.stack(models).to(device)
-        optim = [p.resolved["optim"] for p in members]
-        optimizer = PopulationSGD(dict(model.named_parameters()), M,
-                                  **{k: [o.get(k, 0.0 if k != "nesterov" else False) for o in optim]
-                                     for k in SGD_KEYS[1:]})
+        optimizer = _optimizer(model, [p.resolved["optim"] for p in members])
         schedule = PopulationSchedule(optimizer, [_schedule(p.resolved.get("schedule")) for p in members])
         trainer_cfg = TrainerConfig(**members[0].resolved["trainer"])
         trainer_cfg.progress = trainer_cfg.progress and not cfg.quiet
@@ -296,6 +317,15 @@ def _build(members: list[MemberPlan], deterministic: bool):
         datas.append(data)
         models.append(instantiate(p.cfg.model, **data.dims))
     return datas, models
+
+
+def _optimizer(model: PopulationLM, optim: list[dict]):
+    """The population optimizer of the members' ``optim`` configurations (one ``_target_``):
+    each key per member, an unset key the torch optimizer's own default (as a single run gets)."""
+    form = OPTIMIZERS[optim[0]["_target_"]]
+    defaults = inspect.signature(form.torch_class).parameters
+    return form.population_class(dict(model.named_parameters()), model.population,
+                                 **{k: [o.get(k, defaults[k].default) for o in optim] for k in form.keys})
 
 
 def _schedule(c: dict | None) -> MemberSchedule:

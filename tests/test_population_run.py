@@ -85,6 +85,47 @@ def test_a_population_of_seeds_reproduces_the_single_runs(char, tmp_path, float6
     assert [r.final["seed"] for r in runs] == seeds
 
 
+
+@pytest.fixture
+def char_lstm(ptb_char_root):
+    """A tiny Cooijmans char-LSTM (Adam, one-hot input, BN-LSTM), without the after-training
+    stream evaluations (a population does not run them)."""
+    return ["experiment=cooijmans_char_ptb", f"data.root={ptb_char_root}", "model.norm=bn_recurrent",
+            "model.hidden_size=8", "data.limit_batches=2", "data.seq_len=10", "data.batch_size=8",
+            "data.eval_batch_size=64", "trainer.max_epochs=2", "trainer.stream_splits=[]",
+            "trainer.eval_lengths=[]", "trainer.final_reestimate=false",
+            "model.learn_initial_state=false", "quiet=true", "device=cpu", "trainer.check_every=1"]
+
+
+def test_an_adam_population_reproduces_the_single_runs(char_lstm, tmp_path, float64):
+    """optim=adam: each member its own lr and betas (population.optim.{lr,betas} lists), its own
+    step count and moments; rows, best epoch, test metrics and best weights are its single run's."""
+    seeds, lrs, betas = [1, 2], [2e-3, 1e-2], ["[0.9,0.999]", "[0.8,0.99]"]
+    run(make_cfg(char_lstm + [f"population.seeds={seeds}", f"population.optim.lr={lrs}",
+                              f"population.optim.betas=[{betas[0]},{betas[1]}]"]), tmp_path / "pop")
+    for k, seed in enumerate(seeds):
+        _, single, rows = train(char_lstm + [f"seed={seed}", f"optim.lr={lrs[k]}",
+                                             f"+optim.betas={betas[k]}"], tmp_path / f"single{k}")
+        d = member_dir(tmp_path / "pop", k)
+        member = json.loads((d / "final.json").read_text())
+        member_rows = strip_times(read_jsonl(d / "metrics.jsonl"))
+        assert len(member_rows) == len(rows) == 2
+        for a, b in zip(strip_times(rows), member_rows):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-12, abs=0), (k, key)
+        assert member["best"]["epoch"] == single["best"]["epoch"]
+        for key, v in single["test"].items():
+            assert member["test"][key] == pytest.approx(v, rel=1e-12)
+        best = checkpoint.load(d / "checkpoints/best.pt")["model"]
+        single_best = checkpoint.load(tmp_path / f"single{k}/checkpoints/best.pt")["model"]
+        assert best.keys() == single_best.keys()
+        for key in best:
+            torch.testing.assert_close(best[key], single_best[key], rtol=1e-10, atol=1e-12)
+        config = yaml.safe_load((d / ".hydra/config.yaml").read_text())
+        assert config["optim"] == {"_target_": "torch.optim.Adam", "lr": lrs[k],
+                                   "betas": json.loads(betas[k])}
+
 def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
     """Member 1's learning rate makes it diverge; members 0 and 2 go on exactly as in a
     population of the two of them (float32, bit for bit)."""
@@ -120,7 +161,8 @@ def test_resume_continues_the_whole_population(char, tmp_path):
 
 @pytest.mark.parametrize("overrides,key", [
     (["population.seeds=[1,2]", "population.optim.lr=[0.1,0.2,0.3]"], "population.optim.lr"),
-    (["population.seeds=[1,2]", "optim=adam"], "optim"),
+    (["population.seeds=[1,2]", "optim._target_=torch.optim.Adagrad"], "optim"),
+    (["population.seeds=[1,2]", "+optim.foreach=true"], "optim.foreach"),
     (["population.seeds=[1,1]", "population.member_dir='seed{seed}'"], "population.member_dir"),
     (["population.seeds=[1,2]", "population.schedule.decay=[0.5,0.5]"], "population.schedule"),
     (["population.seeds=[1,-2]"], "population.seeds"),
@@ -128,6 +170,18 @@ def test_resume_continues_the_whole_population(char, tmp_path):
 def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"config error: {key}"):
         run(make_cfg(char + overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["+optim.foreach=true"], "optim.foreach"),
+    (["population.optim.momentum=[0.9,0.5]"], "population.optim.momentum"),
+    (["population.optim.betas=[[0.9,0.999],[0.9,1.0]]"], "population.optim.betas"),
+    (["population.optim.eps=[1e-8]"], "population.optim.eps"),
+])
+def test_bad_adam_population_configs_are_refused_before_any_work(char_lstm, tmp_path, overrides, key):
+    with pytest.raises(ConfigError, match=f"config error: {key}"):
+        run(make_cfg(char_lstm + ["population.seeds=[1,2]"] + overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
