@@ -14,6 +14,14 @@ f64 = torch.float64
 M, V, T, B = 3, 11, 5, 4
 SEEDS = [3, 1, 4]
 
+def learned_initial_state(model):
+    """The model with its learned (h0, c0) moved off zero: each member's own values."""
+    with torch.no_grad():
+        for s in (model.h0, model.c0):
+            s.normal_()
+    return model
+
+
 BUILDERS = {
     "word-none": lambda: WordLM(V, hidden_size=6, num_layers=2),
     "word-bn": lambda: WordLM(V, hidden_size=6, num_layers=2, norm="bn_recurrent",
@@ -21,6 +29,11 @@ BUILDERS = {
     "char_rnn-bn_sum": lambda: CharRNN(V, embedding_size=5, hidden_size=6, num_layers=2,
                                        norm="bn_sum", norm_options={"max_steps": T}),
     "char_lstm-onehot": lambda: CharLSTM(V, hidden_size=6),
+    # two layers: h0, c0 (L, H) per member, a layer axis to keep apart from the member axis;
+    # bn_input, as bn_recurrent's normalization of W_h h0 (one vector over the batch) removes h0
+    "char_lstm-h0c0": lambda: learned_initial_state(CharLSTM(
+        V, hidden_size=6, num_layers=2, norm="bn_input", norm_options={"max_steps": T},
+        learn_initial_state=True)),
 }
 
 
@@ -73,7 +86,7 @@ def test_population_member_equals_the_model_alone(name):
                 torch.testing.assert_close(stats[k][m], b, rtol=grad_rtol, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["word-bn", "char_rnn-bn_sum"])
+@pytest.mark.parametrize("name", ["word-bn", "char_rnn-bn_sum", "char_lstm-h0c0"])
 def test_member_gives_the_ordinary_model_back(name):
     models = models_for(name)
     pop = PopulationLM.stack(models)
@@ -108,8 +121,10 @@ def test_stacking_refuses_mixed_models():
 def test_stacking_refuses_what_a_population_cannot_carry():
     from bnrnn.models.char import CharLSTM
 
-    with pytest.raises(ValueError, match="learned initial states"):
-        PopulationLM.stack([CharLSTM(V, 6, learn_initial_state=True)] * 2)
+    word = WordLM(V, hidden_size=6)
+    word.scale = torch.nn.Parameter(torch.ones(()))  # a parameter of the model itself
+    with pytest.raises(ValueError, match=r"WordLM's own parameters \(scale\) have no population form"):
+        PopulationLM.stack([word] * 2)
     with pytest.raises(ValueError, match=r"cell_bias=True\) has no population form"):
         PopulationLM.stack([CharLSTM(V, 6, cell_bias=True)] * 2)
 
