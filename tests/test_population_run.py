@@ -89,20 +89,24 @@ def test_a_population_of_seeds_reproduces_the_single_runs(char, tmp_path, float6
 @pytest.fixture
 def char_lstm(ptb_char_root):
     """A tiny Cooijmans char-LSTM (Adam, one-hot input, learned h0 and c0), without the
-    after-training stream evaluations (a population does not run them). BN of the input term
-    only: under bn_recurrent, W_h h0 is one vector for the whole batch, its normalization removes
-    it, and h0's gradient is rounding noise that Adam's normalized step would amplify."""
-    return ["experiment=cooijmans_char_ptb", f"data.root={ptb_char_root}", "model.norm=bn_input",
+    after-training stream evaluations (a population does not run them)."""
+    return ["experiment=cooijmans_char_ptb", f"data.root={ptb_char_root}",
             "model.hidden_size=8", "data.limit_batches=2", "data.seq_len=10", "data.batch_size=8",
             "data.eval_batch_size=64", "trainer.max_epochs=2", "trainer.stream_splits=[]",
             "trainer.eval_lengths=[]", "trainer.final_reestimate=false", "quiet=true", "device=cpu",
             "trainer.check_every=1"]
 
 
-def test_an_adam_population_reproduces_the_single_runs(char_lstm, tmp_path, float64):
+# bn_input rather than bn_recurrent: under the latter W_h h0 is one vector for the whole batch,
+# its normalization removes it, and h0's gradient is rounding noise that Adam's normalized step
+# amplifies; cell_bias: the official code's baseline
+@pytest.mark.parametrize("variant", [["model.norm=bn_input"], ["model.norm=none", "model.cell_bias=true"]],
+                         ids=["bn_input", "cell_bias"])
+def test_an_adam_population_reproduces_the_single_runs(char_lstm, variant, tmp_path, float64):
     """optim=adam: each member its own lr and betas (population.optim.{lr,betas} lists), its own
-    step count and moments, its own learned (h0, c0); rows, best epoch, test metrics and best
-    weights are its single run's."""
+    step count and moments, its own learned (h0, c0) (and cell bias β_c); rows, best epoch, test
+    metrics and best weights are its single run's."""
+    char_lstm = char_lstm + variant
     seeds, lrs, betas = [1, 2], [2e-3, 1e-2], ["[0.9,0.999]", "[0.8,0.99]"]
     run(make_cfg(char_lstm + [f"population.seeds={seeds}", f"population.optim.lr={lrs}",
                               f"population.optim.betas=[{betas[0]},{betas[1]}]"]), tmp_path / "pop")
@@ -123,7 +127,9 @@ def test_an_adam_population_reproduces_the_single_runs(char_lstm, tmp_path, floa
         best = checkpoint.load(d / "checkpoints/best.pt")["model"]
         single_best = checkpoint.load(tmp_path / f"single{k}/checkpoints/best.pt")["model"]
         assert best.keys() == single_best.keys() and {"h0", "c0"} <= best.keys()
-        assert min(best[s].abs().max() for s in ("h0", "c0")) > 1e-4  # both were trained
+        trained = ["h0", "c0"] + [k for k in best if k.endswith("norm_cell.bias")]
+        assert len(trained) == (3 if "model.cell_bias=true" in variant else 2)
+        assert min(best[s].abs().max() for s in trained) > 1e-4  # each was trained
         for key in best:
             torch.testing.assert_close(best[key], single_best[key], rtol=1e-10, atol=1e-12)
         config = yaml.safe_load((d / ".hydra/config.yaml").read_text())

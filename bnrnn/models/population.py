@@ -105,11 +105,6 @@ class PopulationLM(nn.Module):
             raise ValueError(f"PopulationLM.stack: {type(first).__name__}'s own parameters "
                              f"({', '.join(own)}) have no population form; train its members one "
                              f"by one")
-        rnn = getattr(first, "rnn", None)
-        if rnn is not None and any(type(getattr(layer, "norm_cell", None)).__name__ == "CellBias"
-                                   for layer in rnn.layers):
-            raise ValueError("PopulationLM.stack: CharLSTM(cell_bias=True) has no population form; "
-                             "build it with cell_bias=false or train its members one by one")
         for k, model in enumerate(models):
             if type(model) is not type(first):
                 raise ValueError(f"PopulationLM.stack: models[{k}] is a {type(model).__name__}, "
