@@ -56,13 +56,17 @@ class MemberRun:
 
 
 class _MemberModel:
-    """What ``Trainer._final`` reads of a model, for member m: ``selection`` and ``parameters``."""
+    """What ``Trainer._final`` reads of a model, for member m: ``selection``, ``parameters``
+    and ``modules`` (whether it has batch norms: the population's are every member's)."""
 
     def __init__(self, population: PopulationLM, m: int):
         self.selection, self._population, self._m = population.selection, population, m
 
     def parameters(self):
         return (p[self._m] for p in self._population.parameters())
+
+    def modules(self):
+        return self._population.modules()
 
 
 def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
@@ -315,7 +319,7 @@ class PopulationTrainer:
         epoch_time = time.perf_counter() - t0
         self.elapsed += epoch_time
         self.last_epoch_time = epoch_time
-        key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
+        key = _member_trainer(self, 0).selection_key  # the single run's rule (trainer.select_on)
         with self._signals.deferred():  # a signal now waits until the epoch's records are all written
             for m in self.live():
                 r, row = self.members[m], rows[m] | {"epoch_time": epoch_time, "wall_time": self.elapsed}

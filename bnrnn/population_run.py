@@ -62,6 +62,8 @@ PER_MEMBER = {"optim": tuple(dict.fromkeys(k for form in OPTIMIZERS.values() for
               "trainer": ("clip_grad_norm",)}
 MODELS = ("bnrnn.models.lm.WordLM", "bnrnn.models.char.CharRNN", "bnrnn.models.char.CharLSTM",
           "bnrnn.models.speech.FramewiseClassifier")
+# what Trainer does after training that a population does not, with the value that turns it off
+AFTER_TRAINING = {"stream_splits": "[]", "eval_lengths": "[]", "final_reestimate": "false"}
 # batches of these data modules are (T, B) id tensors: members' own batches stack to (T, M, B)
 TOKEN_DATA = ("bnrnn.data.ptb.PTBWordData", "bnrnn.data.ptb_char.PTBCharData")
 
@@ -183,6 +185,13 @@ def _check_supported(c: dict) -> None:
     if schedule.get("_target_") not in (None, "bnrnn.schedules.decay_after"):
         raise ConfigError("schedule", "a population supports schedule=decay_after or none",
                           schedule.get("_target_"))
+    for key in AFTER_TRAINING:  # refused rather than silently missing from the members' results
+        if c["trainer"].get(key):
+            raise ConfigError(f"trainer.{key}", "a population does not run the evaluations after "
+                              "training (whole-split streams, test by length, the final "
+                              "re-estimation); set " + " ".join(f"trainer.{k}={v}" for k, v in
+                                                                AFTER_TRAINING.items())
+                              + ", or train the members one by one", c["trainer"][key])
 
 
 class PopulationData:

@@ -99,9 +99,13 @@ def char_lstm(ptb_char_root):
 
 # bn_input rather than bn_recurrent: under the latter W_h h0 is one vector for the whole batch,
 # its normalization removes it, and h0's gradient is rounding noise that Adam's normalized step
-# amplifies; cell_bias: the official code's baseline
-@pytest.mark.parametrize("variant", [["model.norm=bn_input"], ["model.norm=none", "model.cell_bias=true"]],
-                         ids=["bn_input", "cell_bias"])
+# amplifies; cell_bias: the official code's baseline, selected on the batch-statistics error
+# rate as protocol=cooijmans_code does (without batch norms: the error rate)
+@pytest.mark.parametrize("variant", [
+    ["model.norm=bn_input"],
+    ["model.norm=none", "model.cell_bias=true", "trainer.select_on=batchstat_err",
+     "trainer.eval_batch_stats=true"],
+], ids=["bn_input", "cell_bias"])
 def test_an_adam_population_reproduces_the_single_runs(char_lstm, variant, tmp_path, float64):
     """optim=adam: each member its own lr and betas (population.optim.{lr,betas} lists), its own
     step count and moments, its own learned (h0, c0) (and cell bias β_c); rows, best epoch, test
@@ -122,6 +126,7 @@ def test_an_adam_population_reproduces_the_single_runs(char_lstm, variant, tmp_p
             for key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-12, abs=0), (k, key)
         assert member["best"]["epoch"] == single["best"]["epoch"]
+        assert member["selection"] == single["selection"]
         for key, v in single["test"].items():
             assert member["test"][key] == pytest.approx(v, rel=1e-12)
         best = checkpoint.load(d / "checkpoints/best.pt")["model"]
@@ -188,6 +193,8 @@ def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, over
     (["population.optim.momentum=[0.9,0.5]"], "population.optim.momentum"),
     (["population.optim.betas=[[0.9,0.999],[0.9,1.0]]"], "population.optim.betas"),
     (["population.optim.eps=[1e-8]"], "population.optim.eps"),
+    (["trainer.stream_splits=[test]"], "trainer.stream_splits"),
+    (["trainer.final_reestimate=true"], "trainer.final_reestimate"),
 ])
 def test_bad_adam_population_configs_are_refused_before_any_work(char_lstm, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"config error: {key}"):
