@@ -134,8 +134,8 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
             for key, value in values.items():
                 OmegaConf.update(member, key, value, merge=False)
         name = _member_name(fmt, k, values["seed"], M)
-        members.append(MemberPlan(k, values["seed"], member, validate(member),
-                                  keep + [f"{key}={_show(v)}" for key, v in values.items()], name))
+        own = [_member_override(key, v, base, overrides) for key, v in values.items()]
+        members.append(MemberPlan(k, values["seed"], member, validate(member), keep + own, name))
     names = [p.dir for p in members]
     if len(set(names)) != M or any(n in ("", ".", "..") or "/" in n for n in names):
         raise ConfigError("population.member_dir", f"must name a distinct subdirectory per member "
@@ -162,6 +162,20 @@ def _population_key(member_key: str) -> str:
 
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def _member_override(key: str, value, base: DictConfig, overrides: list[str]) -> str:
+    """The override setting a member's ``key``, as its own command must spell it: ``+key=value``
+    where the composed configuration has no such key (optim=adam sets no betas), as the
+    population's own override of it was spelled."""
+    given = [o for o in overrides if _override_key(o) == key]
+    prefix = given[-1][:len(given[-1]) - len(given[-1].lstrip("+"))] if given else ""
+    if not prefix and OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
+        prefix = "+"
+    return f"{prefix}{key}={_show(value)}"
+
+
+_ABSENT = object()
 
 
 def _show(value) -> str:

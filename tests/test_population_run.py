@@ -13,10 +13,12 @@ import json
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from bnrnn import checkpoint
 from bnrnn.config import ConfigError
 from bnrnn.io import read_jsonl
+from bnrnn.population_run import without_population
 from bnrnn.report.runs import load_runs
 from bnrnn.train import run
 from tests.helpers import make_cfg, strip_times, train
@@ -140,6 +142,12 @@ def test_an_adam_population_reproduces_the_single_runs(char_lstm, variant, tmp_p
         config = yaml.safe_load((d / ".hydra/config.yaml").read_text())
         assert config["optim"] == {"_target_": "torch.optim.Adam", "lr": lrs[k],
                                    "betas": json.loads(betas[k])}
+        assert config == yaml.safe_load((tmp_path / f"single{k}/.hydra/config.yaml").read_text())
+        # the member's own overrides compose to its configuration (adam.yaml has no betas: +)
+        own = member["overrides"][-3:]
+        assert own == [f"seed={seed}", f"optim.lr={lrs[k]}", f"+optim.betas={json.loads(betas[k])}"]
+        composed = OmegaConf.to_container(without_population(make_cfg(char_lstm + own)))
+        assert composed == config
 
 def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
     """Member 1's learning rate makes it diverge; members 0 and 2 go on exactly as in a
