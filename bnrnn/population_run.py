@@ -20,6 +20,7 @@ import copy
 import inspect
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,9 @@ _ABSENT = object()
 
 
 def _show(value) -> str:
+    """A value as an override writes it; a list without spaces (one word of a command line)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):  # a list, a ListConfig
+        return "[" + ",".join(_show(v) for v in value) + "]"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
