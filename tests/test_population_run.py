@@ -169,8 +169,12 @@ def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
         assert all(torch.equal(sa[key], sb[key]) for key in sa)
 
 
-def test_resume_continues_the_whole_population(char, tmp_path):
-    pop = char + ["population.seeds=[1,2]", "trainer.max_epochs=3"]
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_path):
+    """The whole population state (with Adam: each member's moments and step count, its
+    betas) survives last.pt: resumed, every member goes on exactly as uninterrupted."""
+    pop = (char if optimizer == "sgd" else char_lstm + ["population.optim.betas=[[0.9,0.999],[0.8,0.99]]"]) \
+        + ["population.seeds=[1,2]", "trainer.max_epochs=3"]
     run(make_cfg(pop), tmp_path / "whole")
     run(make_cfg(pop + ["trainer.stop_after_epochs=1"]), tmp_path / "resumed")
     interrupted = json.loads((member_dir(tmp_path / "resumed", 0) / "final.json").read_text())
