@@ -62,12 +62,20 @@ def population_parameters(params: Iterable[Tensor], population: int,
     return [p for _, p in named]
 
 
+def _member_values(name: str, value, population: int, one=None) -> list:
+    """``value`` for every member, or the list of exactly M values given. ``one(value)`` says
+    whether a list is itself one value (Adam's (β1, β2) pair); by default no list is."""
+    if not isinstance(value, (list, tuple)) or (one is not None and one(value)):
+        return [value] * population
+    if len(value) != population:
+        raise ValueError(f"{name}: {len(value)} values for a population of {population}; give "
+                         f"one value, or one per member")
+    return list(value)
+
+
 def per_member(name: str, value, population: int, *, allow_none: bool = False) -> list:
     """A hyper-parameter for each member: one value for all, or a list of exactly M."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * population
-    if len(values) != population:
-        raise ValueError(f"{name}: {len(values)} values for a population of {population}; give "
-                         f"one value, or one per member")
+    values = _member_values(name, value, population)
     for v in values:
         if v is None and allow_none:
             continue
@@ -130,10 +138,7 @@ class PopulationOptimizer(torch.optim.Optimizer):
 
 def per_member_flag(name: str, value, population: int) -> list[bool]:
     """A boolean hyper-parameter for each member: one bool for all, or a list of exactly M."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * population
-    if len(values) != population:
-        raise ValueError(f"{name}: {len(values)} values for a population of {population}; give "
-                         f"one value, or one per member")
+    values = _member_values(name, value, population)
     if not all(isinstance(v, bool) for v in values):
         raise ValueError(f"{name}: every member's value must be true or false; got {value!r}")
     return values
@@ -197,12 +202,8 @@ class PopulationSGD(PopulationOptimizer):
 
 def per_member_betas(betas, population: int) -> list[tuple[float, float]]:
     """Adam's (β1, β2) for each member: one pair for all, or a list of M pairs; each β in [0, 1)."""
-    pair = isinstance(betas, (list, tuple)) and len(betas) == 2 and \
-        not any(isinstance(b, (list, tuple)) for b in betas)
-    values = [tuple(betas)] * population if pair else list(betas) if isinstance(betas, (list, tuple)) else None
-    if values is None or len(values) != population:
-        raise ValueError(f"betas: give one (beta1, beta2) pair, or one pair per member of the "
-                         f"{population}; got {betas!r}")
+    values = _member_values("betas", betas, population,
+                            one=lambda v: not any(isinstance(b, (list, tuple)) for b in v))
     for v in values:
         if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(
                 not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in v)):

@@ -154,8 +154,10 @@ def test_adam_refuses_bad_hyper_parameters():
     param = [nn.Parameter(torch.zeros(M, 2))]
     with pytest.raises(ValueError, match="betas: every member's value must be a pair of numbers in"):
         PopulationAdam(param, M, betas=[(0.9, 0.999), (0.9, 1.0), (0.9, 0.999)])
-    with pytest.raises(ValueError, match="betas: give one .* pair per member of the 3"):
+    with pytest.raises(ValueError, match="betas: 2 values for a population of 3"):
         PopulationAdam(param, M, betas=[(0.9, 0.999), (0.9, 0.99)])
+    with pytest.raises(ValueError, match=r"betas: every member's value must be a pair .* got 0.9"):
+        PopulationAdam(param, M, betas=0.9)
     with pytest.raises(ValueError, match="eps: 2 values for a population of 3"):
         PopulationAdam(param, M, eps=[1e-8, 1e-8])
     with pytest.raises(ValueError, match="amsgrad: every member's value must be true or false"):
