@@ -224,8 +224,9 @@ class PopulationAdam(PopulationOptimizer):
     member's stops), and its update is torch.optim.Adam's (L2 weight decay, not AdamW's)::
 
         g = ∇θ_m + wd_m θ_m;  t_m ← t_m + 1
-        m̂ ← β1 m̂ + (1 - β1) g;  v ← β2 v + (1 - β2) g²;  (amsgrad: v_max ← max(v_max, v))
-        θ_m ← θ_m - lr_m / (1 - β1^t_m) · m̂ / (√v / √(1 - β2^t_m) + eps_m)
+        a ← β1 a + (1 - β1) g;  v ← β2 v + (1 - β2) g²      (torch's exp_avg, exp_avg_sq)
+        θ_m ← θ_m - lr_m / (1 - β1^t_m) · a / (√v / √(1 - β2^t_m) + eps_m)
+        (amsgrad: v_max ← max(v_max, v), and v_max in place of v in the step)
 
     computed by ``torch.optim.adam.adam`` — the function ``torch.optim.Adam.step`` calls, with its
     default implementation (single-tensor on the CPU, foreach on CUDA) — on the views ``p[m]``
