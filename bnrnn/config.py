@@ -324,15 +324,15 @@ MODEL = {
 }
 
 _LR = number(0, lo_open=True)
+_BETAS = Rule("[beta1, beta2], each a number in [0, 1)",
+              lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(PROBABILITY.ok(b) for b in v))
 OPTIM = {
     "torch.optim.SGD": Group({
         "lr": _LR, "momentum": PROBABILITY, "dampening": number(0, 1), "weight_decay": number(0),
         "nesterov": BOOL, "maximize": BOOL, "foreach": optional(BOOL), "differentiable": BOOL,
         "fused": optional(BOOL)}),
     "torch.optim.Adam": Group({
-        "lr": _LR, "betas": Rule("[beta1, beta2], each a number in [0, 1)",
-                                 lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-                                 and all(PROBABILITY.ok(b) for b in v)),
+        "lr": _LR, "betas": _BETAS,
         "eps": number(0, lo_open=True), "weight_decay": number(0), "amsgrad": BOOL,
         "foreach": optional(BOOL), "maximize": BOOL, "capturable": BOOL, "differentiable": BOOL,
         "fused": optional(BOOL), "decoupled_weight_decay": BOOL}),
@@ -364,7 +364,8 @@ POPULATION = Group({
     "member_dir": string() | list_of(string(), min_len=1),  # a pattern, or one name per member
     "optim": Group({"lr": _members(number(0, lo_open=True)), "momentum": _members(number(0)),
                     "dampening": _members(number(0)), "weight_decay": _members(number(0)),
-                    "nesterov": _members(BOOL)}),
+                    "nesterov": _members(BOOL), "betas": _members(_BETAS),
+                    "eps": _members(number(0, lo_open=True)), "amsgrad": _members(BOOL)}),
     "schedule": Group({"decay": _members(number(0, lo_open=True)), "after_epoch": _members(NATURAL),
                        "every": _members(POSITIVE)}),
     "trainer": Group({"clip_grad_norm": _members(optional(number(0, lo_open=True)))}),

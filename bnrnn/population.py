@@ -12,6 +12,12 @@ This module holds what makes member m's training exactly its own:
       g = ∇θ_m + wd_m θ_m;  b_m ← μ_m b_m + (1 - dampening_m) g  (b_m = g at its first step)
       θ_m ← θ_m - lr_m (g + μ_m b_m if nesterov_m else b_m)
 
+- :class:`PopulationAdam`: Adam with a learning rate, (β1, β2), eps, weight decay, amsgrad flag
+  and step count per member: ``torch.optim.Adam``'s own update function applied to the views
+  ``p[m]`` and member m's moments, so it too is bit for bit an ordinary Adam on member m alone.
+  Both derive from :class:`PopulationOptimizer` (per-member lists in one param group, frozen
+  members).
+
 - :func:`clip_grad_norm_per_member`: each member's gradients scaled by
   ``min(1, max_norm_m / (‖∇θ_m‖ + 1e-6))`` with ‖∇θ_m‖ the global 2-norm over member m's
   gradients only (``torch.nn.utils.clip_grad_norm_`` on the member alone), never the
@@ -23,7 +29,8 @@ This module holds what makes member m's training exactly its own:
   in every computation (docs/population.md), so freezing one leaves the others' arithmetic as it
   was.
 
-Cost: an update is a few foreach launches per group of members with equal hyper-parameters;
+Cost: an update is a few foreach launches per group of members with equal hyper-parameters
+(Adam on the CPU: torch's single-tensor loop over the views, as torch.optim.Adam runs there);
 a clip is one norm launch per member (each member's own reduction, as torch computes it alone).
 """
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adam import adam as torch_adam  # the function torch.optim.Adam.step calls
 
 from bnrnn.schedules import _decay_factor
 
@@ -54,12 +62,20 @@ def population_parameters(params: Iterable[Tensor], population: int,
     return [p for _, p in named]
 
 
+def _member_values(name: str, value, population: int, one=None) -> list:
+    """``value`` for every member, or the list of exactly M values given. ``one(value)`` says
+    whether a list is itself one value (Adam's (β1, β2) pair); by default no list is."""
+    if not isinstance(value, (list, tuple)) or (one is not None and one(value)):
+        return [value] * population
+    if len(value) != population:
+        raise ValueError(f"{name}: {len(value)} values for a population of {population}; give "
+                         f"one value, or one per member")
+    return list(value)
+
+
 def per_member(name: str, value, population: int, *, allow_none: bool = False) -> list:
     """A hyper-parameter for each member: one value for all, or a list of exactly M."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * population
-    if len(values) != population:
-        raise ValueError(f"{name}: {len(values)} values for a population of {population}; give "
-                         f"one value, or one per member")
+    values = _member_values(name, value, population)
     for v in values:
         if v is None and allow_none:
             continue
@@ -68,32 +84,23 @@ def per_member(name: str, value, population: int, *, allow_none: bool = False) -
     return values
 
 
-class PopulationSGD(torch.optim.Optimizer):
-    """SGD whose hyper-parameters are per member (module doc). ``lr``, ``momentum``,
-    ``dampening``, ``weight_decay``: a number for every member or a list of M; ``nesterov``: a
-    bool or a list of M. ``frozen`` members are not updated (:meth:`freeze`)."""
+class PopulationOptimizer(torch.optim.Optimizer):
+    """What every population optimizer shares: one param group whose hyper-parameters are lists
+    of M (``group[name][m]`` is member m's), the frozen members (:meth:`freeze`, kept in the
+    ``state_dict``), and a :meth:`step` that hands each set of live members with equal
+    hyper-parameters (``HYPER``) to :meth:`_update` at once."""
 
-    def __init__(self, params: Iterable[Tensor], population: int, lr, momentum=0.0,
-                 dampening=0.0, weight_decay=0.0, nesterov=False):
-        M = population
+    HYPER: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Tensor], population: int, defaults: dict):
         params = population_parameters(
-            dict(params) if isinstance(params, dict) else params, M, "PopulationSGD")
-        nesterov = list(nesterov) if isinstance(nesterov, (list, tuple)) else [nesterov] * M
-        if len(nesterov) != M:
-            raise ValueError(f"nesterov: {len(nesterov)} values for a population of {M}")
-        defaults = dict(lr=per_member("lr", lr, M), momentum=per_member("momentum", momentum, M),
-                        dampening=per_member("dampening", dampening, M),
-                        weight_decay=per_member("weight_decay", weight_decay, M),
-                        nesterov=[bool(n) for n in nesterov])
-        for m in range(M):
-            if defaults["nesterov"][m] and (defaults["momentum"][m] <= 0 or defaults["dampening"][m] != 0):
-                raise ValueError(f"nesterov: member {m} needs momentum > 0 and dampening = 0")
+            dict(params) if isinstance(params, dict) else params, population, type(self).__name__)
         super().__init__(params, defaults)
-        self.population = M
+        self.population = population
         self.frozen: set[int] = set()
 
     def freeze(self, m: int) -> None:
-        """Member m is no longer updated (and its momentum buffer no longer changes)."""
+        """Member m is no longer updated (neither its parameters nor its optimizer state)."""
         self.frozen.add(m)
 
     def live(self) -> list[int]:
@@ -102,16 +109,59 @@ class PopulationSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
-            raise ValueError("PopulationSGD.step: closures are not supported")
+            raise ValueError(f"{type(self).__name__}.step: closures are not supported")
         live = self.live()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             alike: dict[tuple, list[int]] = {}  # members sharing every hyper-parameter
             for m in live:
-                key = tuple(group[k][m] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
+                # a list (betas read back from a checkpoint) as a tuple: hashable
+                key = tuple(tuple(v) if isinstance(v, list) else v
+                            for v in (group[k][m] for k in self.HYPER))
                 alike.setdefault(key, []).append(m)
-            for (lr, momentum, dampening, wd, nesterov), members in alike.items():
-                self._update(params, members, lr, momentum, dampening, wd, nesterov)
+            for key, members in alike.items():
+                if params:
+                    self._update(params, members, *key)
+
+    def _update(self, params: list[Tensor], members: list[int], *hyper) -> None:
+        """Update the views ``p[m]`` of ``members``, whose hyper-parameters are ``hyper``."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"frozen": sorted(self.frozen)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.frozen = set(state_dict.pop("frozen", []))
+        super().load_state_dict(state_dict)
+
+
+def per_member_flag(name: str, value, population: int) -> list[bool]:
+    """A boolean hyper-parameter for each member: one bool for all, or a list of exactly M."""
+    values = _member_values(name, value, population)
+    if not all(isinstance(v, bool) for v in values):
+        raise ValueError(f"{name}: every member's value must be true or false; got {value!r}")
+    return values
+
+
+class PopulationSGD(PopulationOptimizer):
+    """SGD whose hyper-parameters are per member (module doc). ``lr``, ``momentum``,
+    ``dampening``, ``weight_decay``: a number for every member or a list of M; ``nesterov``: a
+    bool or a list of M. ``frozen`` members are not updated (:meth:`freeze`)."""
+
+    HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+    def __init__(self, params: Iterable[Tensor], population: int, lr, momentum=0.0,
+                 dampening=0.0, weight_decay=0.0, nesterov=False):
+        M = population
+        defaults = dict(lr=per_member("lr", lr, M), momentum=per_member("momentum", momentum, M),
+                        dampening=per_member("dampening", dampening, M),
+                        weight_decay=per_member("weight_decay", weight_decay, M),
+                        nesterov=per_member_flag("nesterov", nesterov, M))
+        for m in range(M):
+            if defaults["nesterov"][m] and (defaults["momentum"][m] <= 0 or defaults["dampening"][m] != 0):
+                raise ValueError(f"nesterov: member {m} needs momentum > 0 and dampening = 0")
+        super().__init__(params, M, defaults)
 
     def _update(self, params: list[Tensor], members: list[int], lr: float, momentum: float,
                 dampening: float, wd: float, nesterov: bool) -> None:
@@ -149,13 +199,73 @@ class PopulationSGD(torch.optim.Optimizer):
                 grads = bufs
         torch._foreach_add_(weights, grads, alpha=-lr)
 
-    def state_dict(self) -> dict:
-        return super().state_dict() | {"frozen": sorted(self.frozen)}
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        self.frozen = set(state_dict.pop("frozen", []))
-        super().load_state_dict(state_dict)
+def per_member_betas(betas, population: int) -> list[tuple[float, float]]:
+    """Adam's (β1, β2) for each member: one pair for all, or a list of M pairs; each β in [0, 1)."""
+    values = _member_values("betas", betas, population,
+                            one=lambda v: not any(isinstance(b, (list, tuple)) for b in v))
+    for v in values:
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(
+                not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in v)):
+            raise ValueError(f"betas: every member's value must be a pair of numbers in [0, 1); "
+                             f"got {v!r}")
+    return [(float(b1), float(b2)) for b1, b2 in values]
+
+
+def _step_dtype() -> torch.dtype:
+    """The dtype torch.optim.Adam keeps its step counter in (``_get_scalar_dtype``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class PopulationAdam(PopulationOptimizer):
+    """Adam whose hyper-parameters are per member. ``lr``, ``eps``, ``weight_decay``: a number
+    for every member or a list of M; ``betas``: one (β1, β2) pair or a list of M pairs;
+    ``amsgrad``: a bool or a list of M. Each member keeps its own step count t_m (a frozen
+    member's stops), and its update is torch.optim.Adam's (L2 weight decay, not AdamW's)::
+
+        g = ∇θ_m + wd_m θ_m;  t_m ← t_m + 1
+        a ← β1 a + (1 - β1) g;  v ← β2 v + (1 - β2) g²      (torch's exp_avg, exp_avg_sq)
+        θ_m ← θ_m - lr_m / (1 - β1^t_m) · a / (√v / √(1 - β2^t_m) + eps_m)
+        (amsgrad: v_max ← max(v_max, v), and v_max in place of v in the step)
+
+    computed by ``torch.optim.adam.adam`` — the function ``torch.optim.Adam.step`` calls, with its
+    default implementation (single-tensor on the CPU, foreach on CUDA) — on the views ``p[m]``
+    of each member's parameters, gradients and moments. Member m's update is therefore bit for
+    bit that of ``torch.optim.Adam`` on member m's parameters alone (tested on the CPU).
+
+    State per parameter p (M, ...): ``step`` (M,) on the CPU, as torch keeps it; ``exp_avg``,
+    ``exp_avg_sq`` (and ``max_exp_avg_sq`` once a member uses amsgrad) shaped like p."""
+
+    HYPER = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+
+    def __init__(self, params: Iterable[Tensor], population: int, lr=1e-3, betas=(0.9, 0.999),
+                 eps=1e-8, weight_decay=0.0, amsgrad=False):
+        M = population
+        defaults = dict(lr=per_member("lr", lr, M), betas=per_member_betas(betas, M),
+                        eps=per_member("eps", eps, M),
+                        weight_decay=per_member("weight_decay", weight_decay, M),
+                        amsgrad=per_member_flag("amsgrad", amsgrad, M))
+        super().__init__(params, M, defaults)
+
+    def _update(self, params: list[Tensor], members: list[int], lr: float,
+                betas: tuple[float, float], eps: float, wd: float, amsgrad: bool) -> None:
+        """torch's Adam of the views ``p[m]`` of ``members``, who share these hyper-parameters."""
+        for p in params:
+            state = self.state[p]
+            if not state:  # torch.optim.Adam's lazy initialisation, for every member at once
+                state["step"] = torch.zeros(self.population, dtype=_step_dtype())
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if amsgrad and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        views = [(self.state[p], p, m) for p in params for m in members]
+        torch_adam(
+            [p[m] for _, p, m in views], [p.grad[m] for _, p, m in views],
+            [s["exp_avg"][m] for s, _, m in views], [s["exp_avg_sq"][m] for s, _, m in views],
+            [s["max_exp_avg_sq"][m] for s, _, m in views] if amsgrad else [],
+            [s["step"][m] for s, _, m in views],  # 0-dim views: torch counts each member's in place
+            amsgrad=amsgrad, beta1=betas[0], beta2=betas[1], lr=lr, weight_decay=wd, eps=eps,
+            maximize=False)
 
 
 @torch.no_grad()
@@ -201,11 +311,11 @@ class MemberSchedule:
 
 
 class PopulationSchedule:
-    """Per-member learning-rate schedules over a :class:`PopulationSGD`, stepped once per epoch:
+    """Per-member learning-rate schedules over a :class:`PopulationOptimizer`, stepped once per epoch:
     ``lr_m = lr0_m * schedule_m.factor(epochs done)`` — ``LambdaLR``'s arithmetic, so member m's
     rates are those of a single run with its schedule."""
 
-    def __init__(self, optimizer: PopulationSGD, schedules: Sequence[MemberSchedule]):
+    def __init__(self, optimizer: PopulationOptimizer, schedules: Sequence[MemberSchedule]):
         if len(schedules) != optimizer.population:
             raise ValueError(f"PopulationSchedule: {len(schedules)} schedules for a population of "
                              f"{optimizer.population}")
@@ -238,7 +348,7 @@ class FrozenMembers:
     writes the recorded values back, so the member's statistics stay what they were when it was
     frozen. Its parameters are not touched by the optimizer any more."""
 
-    def __init__(self, model: nn.Module, optimizer: PopulationSGD):
+    def __init__(self, model: nn.Module, optimizer: PopulationOptimizer):
         self.model, self.optimizer = model, optimizer
         self.population = optimizer.population
         self.saved: dict[int, dict[str, Tensor]] = {}

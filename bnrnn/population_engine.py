@@ -2,8 +2,9 @@
 ordinary run.
 
 :class:`PopulationTrainer` steps a :class:`~bnrnn.models.population.PopulationLM` with
-:class:`~bnrnn.population.PopulationSGD`, per-member clipping and schedules, and keeps for each
-member what :class:`bnrnn.engine.Trainer` keeps for a single run — its ``metrics.jsonl`` rows,
+:class:`~bnrnn.population.PopulationSGD` or :class:`~bnrnn.population.PopulationAdam`,
+per-member clipping and schedules, and keeps for each member what :class:`bnrnn.engine.Trainer`
+keeps for a single run — its ``metrics.jsonl`` rows,
 best epoch and ``checkpoints/best.pt`` (member m as an ordinary model's state), ``final.json``
 (written by the single run's own ``Trainer._final``) — in the member's own run directory.
 
@@ -34,7 +35,8 @@ from bnrnn.engine import Interrupted, StopSignals, Trainer, TrainerConfig, _metr
 from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
-from bnrnn.population import FrozenMembers, PopulationSchedule, PopulationSGD, clip_grad_norm_per_member
+from bnrnn.population import (FrozenMembers, PopulationOptimizer, PopulationSchedule,
+                              clip_grad_norm_per_member)
 
 log = logging.getLogger("bnrnn")
 
@@ -58,13 +60,17 @@ class MemberRun:
 
 
 class _MemberModel:
-    """What ``Trainer._final`` reads of a model, for member m: ``selection`` and ``parameters``."""
+    """What ``Trainer._final`` reads of a model, for member m: ``selection``, ``parameters``
+    and ``modules`` (whether it has batch norms: the population's are every member's)."""
 
     def __init__(self, population: PopulationLM, m: int):
         self.selection, self._population, self._m = population.selection, population, m
 
     def parameters(self):
         return (p[self._m] for p in self._population.parameters())
+
+    def modules(self):
+        return self._population.modules()
 
 
 def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
@@ -85,7 +91,7 @@ class PopulationTrainer:
     """Train every member of ``model`` (module doc). ``clip[m]``: member m's gradient-norm limit
     (None: not clipped); ``config.clip_grad_norm`` is not used."""
 
-    def __init__(self, *, model: PopulationLM, data, optimizer: PopulationSGD,
+    def __init__(self, *, model: PopulationLM, data, optimizer: PopulationOptimizer,
                  schedule: PopulationSchedule, clip: list[float | None], config: TrainerConfig,
                  run_dir: str | Path, members: list[MemberRun], device: torch.device,
                  resolved_config: dict | None = None):
@@ -335,7 +341,7 @@ class PopulationTrainer:
         epoch_time = time.perf_counter() - t0
         self.elapsed += epoch_time
         self.last_epoch_time = epoch_time
-        key = f"{self.cfg.eval_splits[0]}_{self.model.selection}"
+        key = _member_trainer(self, 0).selection_key  # the single run's rule (trainer.select_on)
         with self._signals.deferred():  # a signal now waits until the epoch's records are all written
             for m in self.live():
                 r, row = self.members[m], rows[m] | {"epoch_time": epoch_time, "wall_time": self.elapsed}

@@ -19,8 +19,10 @@ starts (``bnrnn.nn.streams``), saved with the population's checkpoint.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,20 +38,39 @@ from bnrnn.io import hardware, write_json
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn.streams import DEVICES as STREAM_DEVICES
 from bnrnn.nn.streams import MemberStreams, generator_state
-from bnrnn.population import MemberSchedule, PopulationSchedule, PopulationSGD
+from bnrnn.population import MemberSchedule, PopulationAdam, PopulationSchedule, PopulationSGD
 from bnrnn.population_engine import MemberRun, PopulationTrainer
 
 log = logging.getLogger("bnrnn")
 
+
+@dataclass(frozen=True)
+class OptimizerForm:
+    """A torch optimizer's population form and the keys it takes (each may be per member; a key
+    left unset takes the torch optimizer's own default, as in a single run)."""
+
+    torch_class: type
+    population_class: type
+    keys: tuple[str, ...]
+
+
+# the optimizers a population trains with, by optim._target_
+OPTIMIZERS = {
+    "torch.optim.SGD": OptimizerForm(torch.optim.SGD, PopulationSGD,
+                                     ("lr", "momentum", "dampening", "weight_decay", "nesterov")),
+    "torch.optim.Adam": OptimizerForm(torch.optim.Adam, PopulationAdam,
+                                      ("lr", "betas", "eps", "weight_decay", "amsgrad")),
+}
 # population.<group>.<key> lists, each setting <group>.<key> of the members' configurations
-PER_MEMBER = {"optim": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
+PER_MEMBER = {"optim": tuple(dict.fromkeys(k for form in OPTIMIZERS.values() for k in form.keys)),
               "schedule": ("decay", "after_epoch", "every"),
               "trainer": ("clip_grad_norm",)}
 MODELS = ("bnrnn.models.lm.WordLM", "bnrnn.models.char.CharRNN", "bnrnn.models.char.CharLSTM",
           "bnrnn.models.speech.FramewiseClassifier")
+# what Trainer does after training that a population does not, with the value that turns it off
+AFTER_TRAINING = {"stream_splits": "[]", "eval_lengths": "[]", "final_reestimate": "false"}
 # batches of these data modules are (T, B) id tensors: members' own batches stack to (T, M, B)
 TOKEN_DATA = ("bnrnn.data.ptb.PTBWordData", "bnrnn.data.ptb_char.PTBCharData")
-SGD_KEYS = ("_target_", "lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
 def _lists(cfg: DictConfig) -> dict[str, list]:
@@ -95,6 +116,11 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
         if n != M:
             raise ConfigError(_population_key(key), f"has {n} values, {_population_key(first)} "
                               f"{M}; give every list one value per member", lists[key])
+    form = OPTIMIZERS.get((cfg.get("optim") or {}).get("_target_"))
+    for key in lists:  # a list for a key the optimizer does not take (momentum with Adam)
+        if form is not None and key.startswith("optim.") and key[len("optim."):] not in form.keys:
+            raise ConfigError(_population_key(key), f"is not a key of {form.torch_class.__name__}; "
+                              f"a population with it takes {', '.join(form.keys)} per member")
     if not (cfg.get("schedule") or {}).get("_target_") and any(k.startswith("schedule.") for k in lists):
         raise ConfigError("population.schedule", "per-member schedule values need a schedule; "
                           "add schedule=decay_after")
@@ -113,8 +139,8 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
             for key, value in values.items():
                 OmegaConf.update(member, key, value, merge=False)
         name = _member_name(fmt, k, values["seed"], M)
-        members.append(MemberPlan(k, values["seed"], member, validate(member),
-                                  keep + [f"{key}={_show(v)}" for key, v in values.items()], name))
+        own = [_member_override(key, v, base, overrides) for key, v in values.items()]
+        members.append(MemberPlan(k, values["seed"], member, validate(member), keep + own, name))
     names = [p.dir for p in members]
     if len(set(names)) != M or any(n in ("", ".", "..") or "/" in n for n in names):
         raise ConfigError("population.member_dir", f"must name a distinct subdirectory per member "
@@ -143,26 +169,51 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _member_override(key: str, value, base: DictConfig, overrides: list[str]) -> str:
+    """The override setting a member's ``key``, as its own command must spell it: ``+key=value``
+    where the composed configuration has no such key (optim=adam sets no betas), as the
+    population's own override of it was spelled."""
+    given = [o for o in overrides if _override_key(o) == key]
+    prefix = given[-1][:len(given[-1]) - len(given[-1].lstrip("+"))] if given else ""
+    if not prefix and OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
+        prefix = "+"
+    return f"{prefix}{key}={_show(value)}"
+
+
+_ABSENT = object()
+
+
 def _show(value) -> str:
+    """A value as an override writes it; a list without spaces (one word of a command line)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):  # a list, a ListConfig
+        return "[" + ",".join(_show(v) for v in value) + "]"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _check_supported(c: dict) -> None:
-    """What a population can train: the LMs, SGD, decay_after or a constant rate."""
+    """What a population can train: the LMs, SGD or Adam, decay_after or a constant rate."""
     if c["model"].get("_target_") not in MODELS:
         raise ConfigError("model", f"a population trains {', '.join(MODELS)}; not this model",
                           c["model"].get("_target_"))
     optim = c["optim"]
-    if optim.get("_target_") != "torch.optim.SGD":
-        raise ConfigError("optim", "a population trains with SGD (per-member learning rate and "
-                          "momentum); use optim=sgd", optim.get("_target_"))
-    if extra := [k for k in optim if k not in SGD_KEYS]:
-        raise ConfigError(f"optim.{extra[0]}", f"not supported in a population; it takes "
-                          f"{', '.join(SGD_KEYS[1:])}")
+    if optim.get("_target_") not in OPTIMIZERS:
+        raise ConfigError("optim", f"a population trains with {' or '.join(OPTIMIZERS)} "
+                          f"(optim=sgd or optim=adam)", optim.get("_target_"))
+    keys = OPTIMIZERS[optim["_target_"]].keys
+    if extra := [k for k in optim if k not in ("_target_", *keys)]:
+        raise ConfigError(f"optim.{extra[0]}", f"not supported in a population with "
+                          f"{optim['_target_']}; it takes {', '.join(keys)}")
     schedule = c.get("schedule") or {}
     if schedule.get("_target_") not in (None, "bnrnn.schedules.decay_after"):
         raise ConfigError("schedule", "a population supports schedule=decay_after or none",
                           schedule.get("_target_"))
+    for key in AFTER_TRAINING:  # refused rather than silently missing from the members' results
+        if c["trainer"].get(key):
+            raise ConfigError(f"trainer.{key}", "a population does not run the evaluations after "
+                              "training (whole-split streams, test by length, the final "
+                              "re-estimation); set " + " ".join(f"trainer.{k}={v}" for k, v in
+                                                                AFTER_TRAINING.items())
+                              + ", or train the members one by one", c["trainer"][key])
 
 
 class PopulationData:
@@ -242,10 +293,7 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
             logger.log_config(p.resolved)
             records.append(MemberRun(mdir, info, logger))
         model = PopulationLM.stack(models).to(device).use_streams(streams)
-        optim = [p.resolved["optim"] for p in members]
-        optimizer = PopulationSGD(dict(model.named_parameters()), M,
-                                  **{k: [o.get(k, 0.0 if k != "nesterov" else False) for o in optim]
-                                     for k in SGD_KEYS[1:]})
+        optimizer = _optimizer(model, [p.resolved["optim"] for p in members])
         schedule = PopulationSchedule(optimizer, [_schedule(p.resolved.get("schedule")) for p in members])
         trainer_cfg = TrainerConfig(**members[0].resolved["trainer"])
         trainer_cfg.progress = trainer_cfg.progress and not cfg.quiet
@@ -309,6 +357,15 @@ def _build(members: list[MemberPlan], deterministic: bool, device: torch.device)
                     "draws one mask stream for all members", device, ", ".join(STREAM_DEVICES))
         return datas, models, None
     return datas, models, MemberStreams(states, device)
+
+
+def _optimizer(model: PopulationLM, optim: list[dict]):
+    """The population optimizer of the members' ``optim`` configurations (one ``_target_``):
+    each key per member, an unset key the torch optimizer's own default (as a single run gets)."""
+    form = OPTIMIZERS[optim[0]["_target_"]]
+    defaults = inspect.signature(form.torch_class).parameters
+    return form.population_class(dict(model.named_parameters()), model.population,
+                                 **{k: [o.get(k, defaults[k].default) for o in optim] for k in form.keys})
 
 
 def _schedule(c: dict | None) -> MemberSchedule:

@@ -6,13 +6,25 @@ loss and gradients agree to float32 rounding, the rest to float64 rounding.)"""
 import pytest
 import torch
 
-from bnrnn.models.char import CharLSTM, CharRNN
+from bnrnn.models.char import CellBias, CharLSTM, CharRNN
 from bnrnn.models.lm import WordLM
 from bnrnn.models.population import PopulationLM, seeded_population
 
 f64 = torch.float64
 M, V, T, B = 3, 11, 5, 4
 SEEDS = [3, 1, 4]
+
+def learned_initial_state(model):
+    """The model with its learned (h0, c0) — and cell biases β_c, where it has them — moved off
+    zero: each member's own values."""
+    with torch.no_grad():
+        for s in (model.h0, model.c0):
+            s.normal_()
+        for layer in model.rnn.layers:
+            if isinstance(layer.norm_cell, CellBias):
+                layer.norm_cell.bias.normal_()
+    return model
+
 
 BUILDERS = {
     "word-none": lambda: WordLM(V, hidden_size=6, num_layers=2),
@@ -21,6 +33,14 @@ BUILDERS = {
     "char_rnn-bn_sum": lambda: CharRNN(V, embedding_size=5, hidden_size=6, num_layers=2,
                                        norm="bn_sum", norm_options={"max_steps": T}),
     "char_lstm-onehot": lambda: CharLSTM(V, hidden_size=6),
+    # two layers: h0, c0 (L, H) per member, a layer axis to keep apart from the member axis;
+    # bn_input, as bn_recurrent's normalization of W_h h0 (one vector over the batch) removes h0
+    "char_lstm-h0c0": lambda: learned_initial_state(CharLSTM(
+        V, hidden_size=6, num_layers=2, norm="bn_input", norm_options={"max_steps": T},
+        learn_initial_state=True)),
+    # Cooijmans' official baseline (protocol=cooijmans_code): h = σ(o) tanh(c + β_c), learned h0, c0
+    "char_lstm-cell_bias": lambda: learned_initial_state(CharLSTM(
+        V, hidden_size=6, num_layers=2, learn_initial_state=True, cell_bias=True)),
 }
 
 
@@ -73,7 +93,7 @@ def test_population_member_equals_the_model_alone(name):
                 torch.testing.assert_close(stats[k][m], b, rtol=grad_rtol, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["word-bn", "char_rnn-bn_sum"])
+@pytest.mark.parametrize("name", ["word-bn", "char_rnn-bn_sum", "char_lstm-h0c0", "char_lstm-cell_bias"])
 def test_member_gives_the_ordinary_model_back(name):
     models = models_for(name)
     pop = PopulationLM.stack(models)
@@ -108,10 +128,31 @@ def test_stacking_refuses_mixed_models():
 def test_stacking_refuses_what_a_population_cannot_carry():
     from bnrnn.models.char import CharLSTM
 
-    with pytest.raises(ValueError, match="learned initial states"):
-        PopulationLM.stack([CharLSTM(V, 6, learn_initial_state=True)] * 2)
-    with pytest.raises(ValueError, match=r"cell_bias=True\) has no population form"):
-        PopulationLM.stack([CharLSTM(V, 6, cell_bias=True)] * 2)
+    word = WordLM(V, hidden_size=6)
+    word.scale = torch.nn.Parameter(torch.ones(()))  # a parameter of the model itself
+    with pytest.raises(ValueError, match=r"WordLM's own parameters \(scale\) have no population form"):
+        PopulationLM.stack([word] * 2)
+    with_bias, without = CharLSTM(V, 6, cell_bias=True), CharLSTM(V, 6)
+    with pytest.raises(ValueError, match=r"models\[1\] differs from models\[0\] in its parameter shapes"):
+        PopulationLM.stack([with_bias, without])
+    without.rnn.backend = "reference"  # otherwise alike: the layers differ in their cell slot
+    with pytest.raises(ValueError, match=r"layers\[1\] has layers.0.norm_cell='NoNorm' \(layers\[0\]: 'CellBias'\)"):
+        type(with_bias.rnn).stack([with_bias.rnn, without.rnn])
+
+
+def test_a_cell_bias_population_stays_on_the_reference_loop():
+    """No kernel has the shift inside tanh: the population, like the single model, runs the
+    reference loop, and the fused backend refuses its layers by name."""
+    from bnrnn.nn import fused
+
+    pop = PopulationLM.stack(models_for("char_lstm-cell_bias"))
+    assert all(isinstance(layer.norm_cell, CellBias) and layer.norm_cell.bias.shape == (M, 6)
+               for layer in pop.rnn.layers)
+    x = torch.zeros(T, M, B, V, dtype=f64)
+    assert pop.rnn.resolve_backend(x, compiled=True) == "reference"
+    if fused.triton is not None:
+        reason = fused.refusal_of(pop.rnn.layers[0], B)
+        assert isinstance(reason, NotImplementedError) and "CellBias in norm_cell" in str(reason)
 
 
 @pytest.mark.parametrize("norm", ["none", "bn_input"])

@@ -13,10 +13,12 @@ import json
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from bnrnn import checkpoint
 from bnrnn.config import ConfigError
 from bnrnn.io import read_jsonl
+from bnrnn.population_run import without_population
 from bnrnn.report.runs import load_runs
 from bnrnn.train import run
 from tests.helpers import make_cfg, strip_times, train
@@ -85,6 +87,68 @@ def test_a_population_of_seeds_reproduces_the_single_runs(char, tmp_path, float6
     assert [r.final["seed"] for r in runs] == seeds
 
 
+
+@pytest.fixture
+def char_lstm(ptb_char_root):
+    """A tiny Cooijmans char-LSTM (Adam, one-hot input, learned h0 and c0), without the
+    after-training stream evaluations (a population does not run them)."""
+    return ["experiment=cooijmans_char_ptb", f"data.root={ptb_char_root}",
+            "model.hidden_size=8", "data.limit_batches=2", "data.seq_len=10", "data.batch_size=8",
+            "data.eval_batch_size=64", "trainer.max_epochs=2", "trainer.stream_splits=[]",
+            "trainer.eval_lengths=[]", "trainer.final_reestimate=false", "quiet=true", "device=cpu",
+            "trainer.check_every=1"]
+
+
+# bn_input rather than bn_recurrent: under the latter W_h h0 is one vector for the whole batch,
+# its normalization removes it, and h0's gradient is rounding noise that Adam's normalized step
+# amplifies; cell_bias: the official code's baseline, selected on the batch-statistics error
+# rate as protocol=cooijmans_code does (without batch norms: the error rate)
+@pytest.mark.parametrize("variant", [
+    ["model.norm=bn_input"],
+    ["model.norm=none", "model.cell_bias=true", "trainer.select_on=batchstat_err",
+     "trainer.eval_batch_stats=true"],
+], ids=["bn_input", "cell_bias"])
+def test_an_adam_population_reproduces_the_single_runs(char_lstm, variant, tmp_path, float64):
+    """optim=adam: each member its own lr and betas (population.optim.{lr,betas} lists), its own
+    step count and moments, its own learned (h0, c0) (and cell bias β_c); rows, best epoch, test
+    metrics and best weights are its single run's."""
+    char_lstm = char_lstm + variant
+    seeds, lrs, betas = [1, 2], [2e-3, 1e-2], ["[0.9,0.999]", "[0.8,0.99]"]
+    run(make_cfg(char_lstm + [f"population.seeds={seeds}", f"population.optim.lr={lrs}",
+                              f"population.optim.betas=[{betas[0]},{betas[1]}]"]), tmp_path / "pop")
+    for k, seed in enumerate(seeds):
+        _, single, rows = train(char_lstm + [f"seed={seed}", f"optim.lr={lrs[k]}",
+                                             f"+optim.betas={betas[k]}"], tmp_path / f"single{k}")
+        d = member_dir(tmp_path / "pop", k)
+        member = json.loads((d / "final.json").read_text())
+        member_rows = strip_times(read_jsonl(d / "metrics.jsonl"))
+        assert len(member_rows) == len(rows) == 2
+        for a, b in zip(strip_times(rows), member_rows):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-12, abs=0), (k, key)
+        assert member["best"]["epoch"] == single["best"]["epoch"]
+        assert member["selection"] == single["selection"]
+        for key, v in single["test"].items():
+            assert member["test"][key] == pytest.approx(v, rel=1e-12)
+        best = checkpoint.load(d / "checkpoints/best.pt")["model"]
+        single_best = checkpoint.load(tmp_path / f"single{k}/checkpoints/best.pt")["model"]
+        assert best.keys() == single_best.keys() and {"h0", "c0"} <= best.keys()
+        trained = ["h0", "c0"] + [k for k in best if k.endswith("norm_cell.bias")]
+        assert len(trained) == (3 if "model.cell_bias=true" in variant else 2)
+        assert min(best[s].abs().max() for s in trained) > 1e-4  # each was trained
+        for key in best:
+            torch.testing.assert_close(best[key], single_best[key], rtol=1e-10, atol=1e-12)
+        config = yaml.safe_load((d / ".hydra/config.yaml").read_text())
+        assert config["optim"] == {"_target_": "torch.optim.Adam", "lr": lrs[k],
+                                   "betas": json.loads(betas[k])}
+        assert config == yaml.safe_load((tmp_path / f"single{k}/.hydra/config.yaml").read_text())
+        # the member's own overrides compose to its configuration (adam.yaml has no betas: +)
+        own = member["overrides"][-3:]
+        assert own == [f"seed={seed}", f"optim.lr={lrs[k]}", f"+optim.betas={betas[k]}"]
+        composed = OmegaConf.to_container(without_population(make_cfg(char_lstm + own)))
+        assert composed == config
+
 def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
     """Member 1's learning rate makes it diverge; members 0 and 2 go on exactly as in a
     population of the two of them (float32, bit for bit)."""
@@ -105,8 +169,12 @@ def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
         assert all(torch.equal(sa[key], sb[key]) for key in sa)
 
 
-def test_resume_continues_the_whole_population(char, tmp_path):
-    pop = char + ["population.seeds=[1,2]", "trainer.max_epochs=3"]
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_path):
+    """The whole population state (with Adam: each member's moments and step count, its
+    betas) survives last.pt: resumed, every member goes on exactly as uninterrupted."""
+    pop = (char if optimizer == "sgd" else char_lstm + ["population.optim.betas=[[0.9,0.999],[0.8,0.99]]"]) \
+        + ["population.seeds=[1,2]", "trainer.max_epochs=3"]
     run(make_cfg(pop), tmp_path / "whole")
     run(make_cfg(pop + ["trainer.stop_after_epochs=1"]), tmp_path / "resumed")
     interrupted = json.loads((member_dir(tmp_path / "resumed", 0) / "final.json").read_text())
@@ -120,7 +188,8 @@ def test_resume_continues_the_whole_population(char, tmp_path):
 
 @pytest.mark.parametrize("overrides,key", [
     (["population.seeds=[1,2]", "population.optim.lr=[0.1,0.2,0.3]"], "population.optim.lr"),
-    (["population.seeds=[1,2]", "optim=adam"], "optim"),
+    (["population.seeds=[1,2]", "optim._target_=torch.optim.Adagrad"], "optim"),
+    (["population.seeds=[1,2]", "+optim.foreach=true"], "optim.foreach"),
     (["population.seeds=[1,1]", "population.member_dir='seed{seed}'"], "population.member_dir"),
     (["population.seeds=[1,2]", "population.schedule.decay=[0.5,0.5]"], "population.schedule"),
     (["population.seeds=[1,-2]"], "population.seeds"),
@@ -128,6 +197,20 @@ def test_resume_continues_the_whole_population(char, tmp_path):
 def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"config error: {key}"):
         run(make_cfg(char + overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["+optim.foreach=true"], "optim.foreach"),
+    (["population.optim.momentum=[0.9,0.5]"], "population.optim.momentum"),
+    (["population.optim.betas=[[0.9,0.999],[0.9,1.0]]"], "population.optim.betas"),
+    (["population.optim.eps=[1e-8]"], "population.optim.eps"),
+    (["trainer.stream_splits=[test]"], "trainer.stream_splits"),
+    (["trainer.final_reestimate=true"], "trainer.final_reestimate"),
+])
+def test_bad_adam_population_configs_are_refused_before_any_work(char_lstm, tmp_path, overrides, key):
+    with pytest.raises(ConfigError, match=f"config error: {key}"):
+        run(make_cfg(char_lstm + ["population.seeds=[1,2]"] + overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

@@ -1,12 +1,15 @@
 """Per-member training (bnrnn/population.py): member m of a population is updated, clipped and
 scheduled exactly as an ordinary model holding member m's parameters alone would be by
-``torch.optim.SGD``, ``torch.nn.utils.clip_grad_norm_`` and ``bnrnn.schedules.decay_after``."""
+``torch.optim.SGD`` or ``torch.optim.Adam``, ``torch.nn.utils.clip_grad_norm_`` and
+``bnrnn.schedules.decay_after``."""
+import io
+
 import pytest
 import torch
 from torch import nn
 
-from bnrnn.population import (FrozenMembers, MemberSchedule, PopulationSchedule, PopulationSGD,
-                              clip_grad_norm_per_member)
+from bnrnn.population import (FrozenMembers, MemberSchedule, PopulationAdam, PopulationSchedule,
+                              PopulationSGD, clip_grad_norm_per_member)
 from bnrnn.schedules import decay_after
 
 M = 3
@@ -58,6 +61,108 @@ def test_sgd_matches_torch_sgd_per_member_bit_for_bit(dtype, hparams):
                 assert torch.equal(p.detach(), q.detach()[m]), (step, m)
 
 
+
+def grads_to_members(pop, alone):
+    for m, params in enumerate(alone):
+        for p, q in zip(params, pop):
+            p.grad = q.grad[m].clone()
+
+
+def assert_members_equal(pop, alone, step):
+    for m, params in enumerate(alone):
+        for p, q in zip(params, pop):
+            assert torch.equal(p.detach(), q.detach()[m]), (step, m)
+
+
+ADAM = {  # members 0 and 2 alike (one call of torch's adam over both); member 1 its own
+    "distinct": dict(lr=[2e-3, 1e-2, 5e-4], betas=[(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)],
+                     eps=[1e-8, 1e-6, 1e-4], weight_decay=[0.0, 1e-2, 0.1],
+                     amsgrad=[False, True, False]),
+    "shared": dict(lr=[2e-3, 1e-2, 2e-3], betas=[(0.9, 0.999), (0.8, 0.99), (0.9, 0.999)],
+                   eps=[1e-8, 1e-8, 1e-8], weight_decay=[1e-2, 0.0, 1e-2], amsgrad=[True, False, True]),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hparams", list(ADAM))
+def test_adam_matches_torch_adam_per_member_bit_for_bit(dtype, hparams):
+    hp = ADAM[hparams]
+    pop = population_params(dtype=dtype)
+    alone = [member_alone(pop, m) for m in range(M)]
+    opt = PopulationAdam(pop, M, **hp)
+    refs = [torch.optim.Adam(alone[m], **{k: v[m] for k, v in hp.items()}) for m in range(M)]
+    for step in range(5):  # the bias corrections change with every step
+        set_grads(pop, step)
+        grads_to_members(pop, alone)
+        opt.step()
+        for ref in refs:
+            ref.step()
+        assert_members_equal(pop, alone, step)
+    for m in range(M):  # the moments and step counts are each member's own too
+        for p, q in zip(alone[m], pop):
+            ours, theirs = opt.state[q], refs[m].state[p]
+            assert ours["step"][m] == theirs["step"] == 5
+            for key in theirs.keys() - {"step"}:
+                assert torch.equal(ours[key][m], theirs[key]), (m, key)
+
+
+def test_adam_frozen_member_and_checkpoint_resume():
+    """A frozen member's parameters, moments and step count stay; a reloaded optimizer goes on
+    exactly as the original (and each member as torch's Adam would)."""
+    hp = dict(lr=[1e-2, 3e-3, 1e-3], weight_decay=[0.0, 0.1, 1e-3])
+    pop = population_params()
+    alone = [member_alone(pop, m) for m in range(M)]
+    opt = PopulationAdam(pop, M, **hp)
+    refs = [torch.optim.Adam(alone[m], **{k: v[m] for k, v in hp.items()}) for m in range(M)]
+
+    def step(optimizer, params, k, live=range(M)):
+        set_grads(params, k)
+        grads_to_members(params, alone)
+        optimizer.step()
+        for m in live:
+            refs[m].step()
+
+    step(opt, pop, 0)
+    opt.freeze(1)
+    before = [p.detach()[1].clone() for p in pop]
+    state = {k: v.clone() for k, v in opt.state[pop[0]].items()}
+    step(opt, pop, 1, live=(0, 2))
+    assert all(torch.equal(p.detach()[1], b) for p, b in zip(pop, before))
+    assert opt.state[pop[0]]["step"].tolist() == [2, 1, 2]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt.state[pop[0]][key][1], state[key][1])
+        assert not torch.equal(opt.state[pop[0]][key][0], state[key][0])
+    # resume: a fresh population optimizer from the state dict (through a save) continues alike
+    copy = [nn.Parameter(p.detach().clone()) for p in pop]
+    again = PopulationAdam(copy, M, lr=1.0)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    again.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+    assert again.frozen == {1} and again.param_groups[0]["lr"] == hp["lr"]
+    for k in (2, 3):
+        step(opt, pop, k, live=(0, 2))
+        set_grads(copy, k)
+        again.step()
+        for p, q in zip(pop, copy):
+            assert torch.equal(p.detach(), q.detach()), k
+    for m in (0, 2):
+        assert all(torch.equal(a.detach(), q.detach()[m]) for a, q in zip(alone[m], pop)), m
+    assert all(torch.equal(p.detach()[1], b) for p, b in zip(pop, before))
+
+
+def test_adam_refuses_bad_hyper_parameters():
+    param = [nn.Parameter(torch.zeros(M, 2))]
+    with pytest.raises(ValueError, match="betas: every member's value must be a pair of numbers in"):
+        PopulationAdam(param, M, betas=[(0.9, 0.999), (0.9, 1.0), (0.9, 0.999)])
+    with pytest.raises(ValueError, match="betas: 2 values for a population of 3"):
+        PopulationAdam(param, M, betas=[(0.9, 0.999), (0.9, 0.99)])
+    with pytest.raises(ValueError, match=r"betas: every member's value must be a pair .* got 0.9"):
+        PopulationAdam(param, M, betas=0.9)
+    with pytest.raises(ValueError, match="eps: 2 values for a population of 3"):
+        PopulationAdam(param, M, eps=[1e-8, 1e-8])
+    with pytest.raises(ValueError, match="amsgrad: every member's value must be true or false"):
+        PopulationAdam(param, M, amsgrad="yes")
+
 def test_clipping_uses_each_members_own_norm():
     pop = population_params()
     set_grads(pop, 0)
@@ -83,11 +188,12 @@ def test_clipping_uses_each_members_own_norm():
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # no steps needed
-def test_schedule_matches_decay_after_per_member():
+@pytest.mark.parametrize("optimizer", [PopulationSGD, PopulationAdam])
+def test_schedule_matches_decay_after_per_member(optimizer):
     pop = population_params()
     lrs = [1.0, 0.5, 0.3]
     specs = [MemberSchedule(0.5, 6, 1), MemberSchedule(), MemberSchedule(0.25, 2, 2)]
-    opt = PopulationSGD(pop, M, lr=lrs)
+    opt = optimizer(pop, M, lr=lrs)
     sched = PopulationSchedule(opt, specs)
     refs = []
     for m in (0, 2):
@@ -101,7 +207,7 @@ def test_schedule_matches_decay_after_per_member():
         for _, _, s in refs:
             s.step()
     # a reloaded schedule continues where it was
-    again = PopulationSchedule(PopulationSGD(pop, M, lr=lrs), specs)
+    again = PopulationSchedule(optimizer(pop, M, lr=lrs), specs)
     again.load_state_dict(sched.state_dict())
     assert again.optimizer.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 

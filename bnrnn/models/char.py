@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from bnrnn.contracts import StepOutput
 from bnrnn.nn import NoNorm, NormLSTM, NormRNN
+from bnrnn.nn.norms import leading, per_member
 
 ORTHOGONAL = ("per_gate", "whole")
 DECODER_INITS = ("glorot", "orthogonal")
@@ -94,20 +95,33 @@ class CellBias(nn.Module):
     ``penntreebank.py`` l. 161-163), so the normalization of the cell (l. 265) leaves this
     shift in its output (l. 268). Fills a layer's ``norm_cell`` slot (the normalization
     interface: ``forward(x, mask, t0)``, ``step(x, t, mask)``); the carried c_t stays unshifted.
+
+    ``population=M``: β_c is (M, H), member m's added to its own rows of x (..., M, B, H);
+    :meth:`like` builds the slot's module for a population or a member (``NormLSTM.stack``,
+    ``member``), as the layer's constructor does not put it there.
     """
 
-    def __init__(self, num_features: int):
+    def __init__(self, num_features: int, population: int | None = None):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.num_features, self.population = num_features, population
+        self.bias = nn.Parameter(torch.zeros(*leading(population), num_features))
+
+    def like(self, population: int | None) -> "CellBias":
+        """A CellBias of this size for ``population`` members (None: an ordinary layer's), on
+        this one's device and dtype, zero (its values come with the layer's state_dict)."""
+        return CellBias(self.num_features, population).to(self.bias.device, self.bias.dtype)
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, t0: int = 0) -> Tensor:
-        return x + self.bias
+        return x + per_member(self.bias)
 
     def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:
-        return x + self.bias
+        return x + per_member(self.bias)
+
+    def extra_repr(self) -> str:
+        return str(self.num_features) + ("" if self.population is None else f", population={self.population}")
 
 
 class OneHot(nn.Module):

@@ -4,7 +4,8 @@ as one module.
 ``PopulationLM.stack(models)`` puts M ordinary models side by side (the word LM
 :class:`~bnrnn.models.lm.WordLM`, the character models :class:`~bnrnn.models.char.CharRNN` and
 :class:`~bnrnn.models.char.CharLSTM`): every embedding becomes (M, V, E), every decoder
-(M, V, H) + (M, V), the recurrent stack a population ``NormLSTM``/``NormRNN`` (docs/population.md).
+(M, V, H) + (M, V), the recurrent stack a population ``NormLSTM``/``NormRNN`` (docs/population.md),
+and CharLSTM's learned initial states ``h0``, ``c0`` (L, H) become (M, L, H).
 Its ``state_dict`` has the ordinary model's keys, each value with a leading member axis M, and
 ``member(m)`` gives member m back as an ordinary model. Built from M models constructed under M
 seeds, member m's initial parameters are those of a single run with seed m.
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnrnn.contracts import StepOutput
-from bnrnn.models.char import CharLM
+from bnrnn.models.char import CharLM, CharLSTM
 from bnrnn.models.lm import AUTHORS_EPS, WordLM
 from bnrnn.models.speech import IGNORE, FramewiseClassifier
 from bnrnn.nn.base import RecurrentStack, member_linear
@@ -126,19 +127,13 @@ class PopulationLM(nn.Module):
         if not isinstance(first, KINDS):
             raise ValueError(f"PopulationLM.stack: {type(first).__name__} is not a WordLM, "
                              f"CharRNN, CharLSTM or FramewiseClassifier")
-        # what the population's own layers cannot carry: learned initial states (parameters of
-        # the model itself) and the baseline cell bias of Cooijmans' code (a norm_cell module of
-        # its own kind); refused rather than silently dropped
+        # parameters of the model itself: only CharLSTM's learned (h0, c0) have a population
+        # form (_initial_state); any other would be silently unused, so it is refused
         own = [n for n, _ in first.named_parameters(recurse=False)]
-        if own or getattr(first, "h0", None) is not None:
-            raise ValueError(f"PopulationLM.stack: {type(first).__name__} with learned initial "
-                             f"states ({', '.join(own) or 'h0, c0'}) has no population form; build "
-                             f"it with learn_initial_state=false or train its members one by one")
-        rnn = getattr(first, "rnn", None)
-        if rnn is not None and any(type(getattr(layer, "norm_cell", None)).__name__ == "CellBias"
-                                   for layer in rnn.layers):
-            raise ValueError("PopulationLM.stack: CharLSTM(cell_bias=True) has no population form; "
-                             "build it with cell_bias=false or train its members one by one")
+        if own and not (isinstance(first, CharLSTM) and own == ["h0", "c0"]):
+            raise ValueError(f"PopulationLM.stack: {type(first).__name__}'s own parameters "
+                             f"({', '.join(own)}) have no population form; train its members one "
+                             f"by one")
         for k, model in enumerate(models):
             if type(model) is not type(first):
                 raise ValueError(f"PopulationLM.stack: models[{k}] is a {type(model).__name__}, "
@@ -157,6 +152,8 @@ class PopulationLM(nn.Module):
         self.__dict__["_template"] = template  # not a submodule: outside state_dict/parameters
         for name, child in first.named_children():
             setattr(self, name, _populate(child, [getattr(m, name) for m in models]))
+        for name, param in first.named_parameters(recurse=False):  # CharLSTM's (h0, c0): (M, L, H)
+            setattr(self, name, nn.Parameter(param.new_zeros(self.population, *param.shape)))
         for name, buffer in first.named_buffers(recurse=False):  # e.g. input statistics
             self.register_buffer(name, buffer.new_zeros(self.population, *buffer.shape),
                                  persistent=name in first.state_dict())
@@ -221,10 +218,20 @@ class PopulationLM(nn.Module):
                           sums={"batch_ppl": authors, "batches": torch.ones(M, device=y.device)},
                           state=tuple(s.detach() for s in state))
 
+    def _initial_state(self, batch_size: int) -> tuple[Tensor, Tensor] | None:
+        """CharLSTM.initial_state per member: the learned ``h0``, ``c0`` (M, L, H), each member's
+        repeated over its batch, as the population stack's state ((L, M, B, H) each); None when
+        the members start from zeros."""
+        if getattr(self, "h0", None) is None:
+            return None
+        return tuple(s.transpose(0, 1).unsqueeze(2).expand(-1, -1, batch_size, -1).contiguous()
+                     for s in (self.h0, self.c0))
+
     def _char(self, x: Tensor, y: Tensor) -> StepOutput:
-        """CharLM's step per member: objective Σ_m (NLL_m / (T·B)), zero initial state."""
+        """CharLM's step per member: objective Σ_m (NLL_m / (T·B)), from the initial state
+        (zeros, or CharLSTM's learned one)."""
         T, M, B = y.shape
-        out, _ = self.rnn(self.embed(x))
+        out, _ = self.rnn(self.embed(x), self._initial_state(B))
         logits = self.decoder(out)  # (T, M, B, V)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()

@@ -408,6 +408,15 @@ class RecurrentStack(nn.Module):
         with torch.random.fork_rng(devices=[]):  # initialisation draws are overwritten anyway
             new = type(self)(**self.configuration(), population=population)
         new = new.to(weight.device, weight.dtype)
+        for mine, theirs in zip(self.layers, new.layers):
+            for slot in _SLOTS:
+                module = getattr(mine, slot, None)
+                if module is not None and type(module) is not type(getattr(theirs, slot)):
+                    # put in the slot after construction (CharLSTM's CellBias): built by itself
+                    if not hasattr(module, "like"):
+                        raise ValueError(f"{self._name}: the {type(module).__name__} in {slot} has "
+                                         f"no population form (a like(population) method)")
+                    setattr(theirs, slot, module.like(population))
         for mine, theirs in zip(self.modules(), new.modules()):
             theirs.training = mine.training
             for attr in _NORM_SETTINGS:
@@ -902,6 +911,7 @@ _TORCH_NAME = re.compile(r"(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(\d+
 
 # what a norm module may have been changed in after construction, and must match in a population
 _NORM_SETTINGS = ("eps", "momentum")
+_SLOTS = ("norm_ih", "norm_hh", "norm_sum", "norm_cell")  # a layer's normalization slots
 
 
 def _settings_differ(a: nn.Module, b: nn.Module):
@@ -909,6 +919,8 @@ def _settings_differ(a: nn.Module, b: nn.Module):
     of one configuration differ."""
     for (where, mine), (_, theirs) in zip(a.named_modules(), b.named_modules()):
         where = where or "self"
+        if type(mine) is not type(theirs):  # a slot filled after construction (CellBias)
+            yield where, type(mine).__name__, type(theirs).__name__
         if mine.training != theirs.training:
             yield f"{where}.training", mine.training, theirs.training
         if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)):

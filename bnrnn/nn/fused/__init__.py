@@ -72,6 +72,13 @@ def refusal_of(layer, batch: int) -> Exception | None:
         return NotImplementedError(f"backend='fused' has no kernel for {type(layer).__name__}; "
                                    f"use backend='reference'")
     slots = _slots(layer)
+    for name, (slot, module) in slots.items():
+        if slot is None and any(True for _ in module.parameters()):
+            # a module put in an empty slot after construction (CharLSTM's CellBias): the
+            # kernels read the variant's slots and would leave it out
+            return NotImplementedError(f"backend='fused' has no kernel for the "
+                                       f"{type(module).__name__} in norm_{name}; use "
+                                       f"backend='reference' (backend='auto' does)")
     kinds = {name: _kind(slot) for name, (slot, _) in slots.items()}
     reason = refusal(kinds["hh"], kinds["sum"], kinds.get("cell", kernels.NONE), B=batch,
                      gates=layer.gates)
