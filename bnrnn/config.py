@@ -489,6 +489,19 @@ def _check_cross(c: dict) -> None:
         raise ConfigError("optim.nesterov", "needs optim.momentum > 0 and optim.dampening=0", True)
 
 
+def check_device(c: Mapping, device) -> None:
+    """What the configuration asks of the device it will run on (``device``, resolved), checked
+    before the run directory is claimed: the fused kernels need CUDA (or Triton's interpreter,
+    which tests set)."""
+    backend = (c["model"].get("norm_options") or {}).get("backend")
+    if backend == "fused" and device.type != "cuda":
+        from bnrnn.nn import fused
+        if not (fused.available() and fused.interpreting()):
+            raise ConfigError("model.norm_options.backend", f"fused runs Triton kernels on a CUDA "
+                              f"device; this run's device is {device.type}: use auto (the "
+                              f"reference loop here) or reference", "fused")
+
+
 _MISSING = object()
 
 

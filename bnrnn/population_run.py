@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bnrnn import rundir
-from bnrnn.config import ConfigError, validate, validate_data
+from bnrnn.config import ConfigError, check_device, validate, validate_data
 from bnrnn.engine import Interrupted, TrainerConfig
 from bnrnn.io import hardware, write_json
 from bnrnn.models.population import PopulationLM
@@ -78,6 +78,13 @@ def _lists(cfg: DictConfig) -> dict[str, list]:
     pop = cfg.get("population") or {}
     out = {"seed": pop.get("seeds")} | {f"{g}.{k}": (pop.get(g) or {}).get(k)
                                          for g, keys in PER_MEMBER.items() for k in keys}
+    for key, v in out.items():
+        if v is not None and (isinstance(v, str) or not isinstance(v, Sequence)):
+            example, hint = ((f"[{_show(v)}] or [1,2,3]", f"or seed={_show(v)} for a single run")
+                             if key == "seed" else
+                             (f"[{_show(v)},{_show(v)}]", f"or {key}={_show(v)} for every member"))
+            raise ConfigError(_population_key(key), f"takes a list of one value per member, e.g. "
+                              f"{example}; {hint}", v)
     return {k: list(v) for k, v in out.items() if v is not None}
 
 
@@ -126,14 +133,14 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
                           "add schedule=decay_after")
     lists.setdefault("seed", [cfg.seed] * M)
     # the population's own overrides, without its population.* keys and the keys a member sets
-    keep = [o for o in overrides if not _override_key(o).startswith("population.")
+    keep = [o for o in rundir.defining(overrides) if not _override_key(o).startswith("population.")
             and _override_key(o) not in lists]
     fmt = cfg.population.member_dir
     fmt = fmt if isinstance(fmt, str) else list(fmt)
     base = without_population(cfg)
     members = []
     for k in range(M):
-        member = copy.deepcopy(base)
+        member = rundir.as_recorded(copy.deepcopy(base))  # resume: the population's instruction
         values = {key: v[k] for key, v in lists.items()}
         with open_dict(member):
             for key, value in values.items():
@@ -195,6 +202,10 @@ def _check_supported(c: dict) -> None:
     if c["model"].get("_target_") not in MODELS:
         raise ConfigError("model", f"a population trains {', '.join(MODELS)}; not this model",
                           c["model"].get("_target_"))
+    if (c["model"].get("norm_options") or {}).get("backend") == "native":
+        raise ConfigError("model.norm_options.backend", "native (cuDNN/ATen) cannot give each member "
+                          "its own weights; a population runs auto (our fused loop on CUDA, the "
+                          "reference loop elsewhere), fused or reference", "native")
     optim = c["optim"]
     if optim.get("_target_") not in OPTIMIZERS:
         raise ConfigError("optim", f"a population trains with {' or '.join(OPTIMIZERS)} "
@@ -248,7 +259,7 @@ class PopulationData:
 def run(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train the population ``cfg`` asks for in ``run_dir``; returns the best member's best
     validation metric (the sweep objective), ``inf`` when every member diverged."""
-    from bnrnn.train import resolve_device
+    from bnrnn.train import objective, resolve_device
 
     validate(cfg)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
@@ -256,6 +267,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     run_dir = Path(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
+    check_device(members[0].resolved, device)
     lock, resume_state = rundir.claim(run_dir, bool(cfg.resume), resolved, device)
     locks = [lock]
     try:
@@ -264,6 +276,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
             if not cfg.resume and rundir.holds_run(run_dir / p.dir):
                 raise rundir.RunDirError(f"{run_dir / p.dir} already holds a run; choose another "
                                          f"hydra.run.dir for a new population")
+        if resume_state is not None:
+            done = [rundir.nothing_to_resume(run_dir / p.dir, resume_state, cfg.trainer.max_epochs,
+                                             ("completed", "diverged")) for p in members]
+            if all(done):
+                log.info("population %s is complete: nothing to resume; its records stay as they are",
+                         run_dir)
+                return min(objective(final) for final in done)
         return _run(cfg, run_dir, resolved, device, resume_state, members, overrides)
     finally:
         for held in locks:
@@ -272,13 +291,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
 
 def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list[MemberPlan],
          overrides: list[str]) -> float:
-    from bnrnn.train import run_info, seed_everything
+    from bnrnn.train import objective, run_info, seed_everything
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    rundir.write_hydra_files(run_dir, cfg, overrides,
+    rundir.write_hydra_files(run_dir, rundir.as_recorded(cfg), rundir.defining(overrides),
                              HydraConfig.get() if HydraConfig.initialized() else None)
     M, records, trainer = len(members), [], None
     try:
@@ -287,6 +306,8 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
             mdir = run_dir / p.dir
             rundir.write_hydra_files(mdir, p.cfg, p.overrides)
             info = run_info(p.cfg, p.resolved, p.overrides)
+            if resume_state is not None:
+                info = rundir.continued(info, mdir, resume_state["epoch"])
             info["population"] = {"dir": str(run_dir), "member": p.k, "size": M}
             info["hardware"] = hardware(device)
             logger = instantiate(p.cfg.logger, run_dir=str(mdir))
@@ -318,9 +339,7 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
         raise
     if trainer.signum is not None and any(f["status"] == "interrupted" for f in finals):
         raise Interrupted.by(trainer.signum)
-    scores = [float(f["best"][f["selection"]]) for f in finals
-              if f["status"] == "completed" and f["best"] is not None]
-    return min(scores) if scores else float("inf")
+    return min(objective(f) for f in finals)
 
 
 def _build(members: list[MemberPlan], deterministic: bool, device: torch.device):

@@ -12,6 +12,7 @@ with the configuration it was started with.
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
@@ -39,12 +40,57 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / f).exists() for f in ("final.json", "metrics.jsonl", "checkpoints/last.pt"))
 
 
-def _status(run_dir: Path) -> str:
+def record(run_dir: Path) -> dict | None:
+    """The run's ``final.json``, or None where there is none that reads."""
     try:
-        final = json.loads((run_dir / "final.json").read_text())
-        return f"status {final.get('status')}, {final.get('epochs_completed')} epoch(s)"
+        final = json.loads((Path(run_dir) / "final.json").read_text())
     except (OSError, ValueError):
+        return None
+    return final if isinstance(final, dict) else None
+
+
+def _status(run_dir: Path) -> str:
+    final = record(run_dir)
+    if final is None:
         return "no readable final.json"
+    return f"status {final.get('status')}, {final.get('epochs_completed')} epoch(s)"
+
+
+# ------------------------------------------------------------------ what a resumed run records
+def defining(overrides: list[str]) -> list[str]:
+    """The overrides that define a run: all but ``resume`` (how one invocation continues it, not
+    what the run is). Recorded as its command, they train the same run in a new directory."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
+
+
+def as_recorded(cfg):
+    """``cfg`` as the run's ``.hydra/config.yaml`` keeps it: ``resume`` false (see :func:`defining`)."""
+    if not cfg.get("resume"):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.resume = False
+    return cfg
+
+
+def continued(info: dict, run_dir: Path, epoch: int) -> dict:
+    """The record ``info`` of an invocation that resumes the run in ``run_dir`` at ``epoch``, as
+    the run's own: the start and code revision of its first segment (from its ``final.json``;
+    null where that is lost) and, in ``resumed``, one entry per continuation — when, from which
+    epoch, with which revision."""
+    previous = record(run_dir) or {}
+    entry = {"at": info.get("started"), "epoch": epoch, "git_revision": info.get("git_revision")}
+    return {**info, "started": previous.get("started"), "git_revision": previous.get("git_revision"),
+            "resumed": [*previous.get("resumed", []), entry]}
+
+
+def nothing_to_resume(run_dir: Path, resume_state: dict, max_epochs: int,
+                      statuses=("completed",)) -> dict | None:
+    """The ``final.json`` of a run that ``resume=true`` would leave as it is: its checkpoint
+    already at ``max_epochs`` and its record in one of ``statuses``; else None."""
+    final = record(run_dir)
+    if final is None or resume_state.get("epoch", 0) < max_epochs or final.get("status") not in statuses:
+        return None
+    return final
 
 
 class RunLock:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnrnn import population_run, rundir
 from bnrnn.checkpoint import CheckpointError
 from bnrnn.config import CONFIG_DIR as _CONFIG_DIR
-from bnrnn.config import ConfigError, deviations, validate, validate_data
+from bnrnn.config import ConfigError, check_device, deviations, validate, validate_data
 from bnrnn.engine import Interrupted, Trainer, TrainerConfig
 from bnrnn.io import git_revision, write_json
 
@@ -63,11 +63,25 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     run_dir = Path(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
+    check_device(resolved, device)
     lock, resume_state = rundir.claim(run_dir, bool(cfg.resume), resolved, device)
     try:
+        if resume_state is not None and \
+                (done := rundir.nothing_to_resume(run_dir, resume_state, cfg.trainer.max_epochs)):
+            log.info("%s is complete (%d epochs): nothing to resume; its record stays as it is",
+                     run_dir, done.get("epochs_completed"))
+            return objective(done)
         return _run(cfg, run_dir, resolved, device, resume_state)
     finally:
         lock.release()
+
+
+def objective(final: dict) -> float:
+    """A run's sweep objective: its best validation metric, ``inf`` where it has none
+    (diverged, failed, or stopped before its first evaluation)."""
+    if final.get("status") == "diverged" or not final.get("best"):
+        return float("inf")
+    return float(final["best"][final["selection"]])
 
 
 def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
@@ -78,9 +92,12 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
-    rundir.write_hydra_files(run_dir, cfg, overrides,
+    overrides = rundir.defining(overrides)
+    rundir.write_hydra_files(run_dir, rundir.as_recorded(cfg), overrides,
                              HydraConfig.get() if HydraConfig.initialized() else None)
     info = run_info(cfg, resolved, overrides)
+    if resume_state is not None:
+        info = rundir.continued(info, run_dir, resume_state["epoch"])
     trainer = None
     try:
         data = instantiate(cfg.data)
@@ -112,9 +129,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
              {k: v for k, v in (final["best"] or {}).items() if k.startswith("valid")})
     if final["status"] == "interrupted" and trainer.signum is not None:
         raise Interrupted.by(trainer.signum)
-    if final["status"] == "diverged" or final["best"] is None:
-        return float("inf")
-    return float(final["best"][final["selection"]])
+    return objective(final)
 
 
 def run_info(cfg: DictConfig, resolved: dict, overrides: list[str]) -> dict:

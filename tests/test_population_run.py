@@ -184,6 +184,25 @@ def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_p
         a, b = member_dir(tmp_path / "whole", k), member_dir(tmp_path / "resumed", k)
         assert strip_times(read_jsonl(a / "metrics.jsonl")) == strip_times(read_jsonl(b / "metrics.jsonl"))
         assert json.loads((b / "final.json").read_text())["status"] == "completed"
+        final = json.loads((b / "final.json").read_text())
+        assert [r["epoch"] for r in final["resumed"]] == [1]
+    assert json.loads((member_dir(tmp_path / "resumed", 0) / "final.json").read_text())["started"] \
+        == interrupted["started"]  # the run's start, not the continuation's
+    if optimizer == "sgd":  # a complete population resumed again: nothing to do, nothing rewritten
+        records = {k: (member_dir(tmp_path / "resumed", k) / "final.json").read_bytes() for k in (0, 1)}
+        run(make_cfg(pop + ["resume=true"]), tmp_path / "resumed")
+        assert records == {k: (member_dir(tmp_path / "resumed", k) / "final.json").read_bytes() for k in (0, 1)}
+
+
+def test_a_members_record_leaves_resume_out(char):
+    """resume=true is how one invocation continues a population, not part of any member's run:
+    a member's overrides (its final.json command, .hydra/) and configuration leave it out."""
+    from bnrnn.population_run import plan
+
+    overrides = ["population.seeds=[1,2]", "resume=true"]
+    for member in plan(make_cfg(char + overrides), overrides):
+        assert not any(o.startswith("resume") for o in member.overrides)
+        assert member.cfg.resume is False and f"seed={member.seed}" in member.overrides
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -193,6 +212,9 @@ def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_p
     (["population.seeds=[1,1]", "population.member_dir='seed{seed}'"], "population.member_dir"),
     (["population.seeds=[1,2]", "population.schedule.decay=[0.5,0.5]"], "population.schedule"),
     (["population.seeds=[1,-2]"], "population.seeds"),
+    (["population.seeds=3"], "population.seeds"),  # one value where a list belongs
+    (["population.seeds=[1,2]", "population.trainer.clip_grad_norm=5"], "population.trainer.clip_grad_norm"),
+    (["population.seeds=[1,2]", "model.norm_options.backend=native"], "model.norm_options.backend"),
 ])
 def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"config error: {key}"):

@@ -205,3 +205,36 @@ def test_equal_values_are_no_deviation_and_a_paper_value_must_name_a_key(tiny):
     assert deviations(validate(make_cfg([*tiny, "model.hidden_size=8", "optim.lr=1.0", *PAPER]))) == []
     with pytest.raises(ConfigError, match=r"paper\.values\.model\.hiden_size.*names no key"):
         validate(make_cfg([*tiny, "+paper.source=x", "+paper.values={model.hiden_size: 8}"]))
+
+
+def test_a_resumed_run_records_the_run_not_the_invocation(tiny, tmp_path):
+    """final.json and .hydra/ of a resumed run: the command that trains it from scratch (no
+    resume=true), the first segment's start, and one `resumed` entry per continuation; and
+    resuming a complete run leaves its record byte for byte as it was."""
+    common = [*tiny, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"]
+    final = lambda: json.loads((tmp_path / "final.json").read_text())  # noqa: E731
+    assert cli([*common, "trainer.stop_after_epochs=1"]).returncode == 0
+    cut = final()
+    assert cut["status"] == "interrupted"
+    assert cli([*common, "resume=true"]).returncode == 0
+    done = final()
+    assert done["status"] == "completed" and "resume" not in done["command"]
+    assert not any(o.startswith("resume") for o in done["overrides"])
+    assert "resume" not in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert "resume: false" in (tmp_path / ".hydra" / "config.yaml").read_text()
+    assert done["started"] == cut["started"] and done["git_revision"] == cut["git_revision"]
+    assert [r["epoch"] for r in done["resumed"]] == [1]
+    before = (tmp_path / "final.json").read_bytes()
+    again = cli([*common, "resume=true"])
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "final.json").read_bytes() == before
+
+
+def test_the_fused_backend_off_cuda_is_refused_before_the_run_directory(tiny, tmp_path, monkeypatch):
+    from bnrnn.config import ConfigError
+    from bnrnn.nn import fused
+
+    monkeypatch.setattr(fused, "interpreting", lambda: False)  # as on a user's CPU machine
+    with pytest.raises(ConfigError, match="model.norm_options.backend=fused.*CUDA"):
+        train([*tiny, "model.norm=bn_input", "model.norm_options.backend=fused"], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
