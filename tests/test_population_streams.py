@@ -163,10 +163,15 @@ def test_a_speech_population_with_streams_is_each_classifier_alone():
         torch.testing.assert_close(out.loss_sum[m], alone.loss_sum, rtol=1e-6, atol=0)
 
 
-def test_use_streams_needs_one_stream_per_member():
+def test_use_streams_needs_one_stream_per_member_on_the_models_device():
     pop = PopulationLM.stack([WordLM(11, hidden_size=H, dropout=0.5) for _ in SEEDS])
     with pytest.raises(ValueError, match="3 members.*2 streams"):
         pop.use_streams(MemberStreams.seeded([1, 2]))
+    with pytest.raises(TypeError, match="needs a MemberStreams"):
+        pop.use_streams(SEEDS)  # seeds, not streams
+    meta = PopulationLM.stack([WordLM(11, hidden_size=H, dropout=0.5) for _ in SEEDS]).to("meta")
+    with pytest.raises(ValueError, match="cpu generator states, the model is on meta"):
+        meta.use_streams(MemberStreams.seeded(SEEDS))
 
 
 @pytest.mark.gpu

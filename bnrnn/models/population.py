@@ -8,7 +8,7 @@ as one module.
 and CharLSTM's learned initial states ``h0``, ``c0`` (L, H) become (M, L, H).
 Its ``state_dict`` has the ordinary model's keys, each value with a leading member axis M, and
 ``member(m)`` gives member m back as an ordinary model. Built from M models constructed under M
-seeds, member m's initial parameters are those of a single run with seed m.
+seeds, member m's initial parameters are those of a single run with seed ``seeds[m]``.
 
 Batches are (input, target) of (T, M, B) ids — member m's own batch in ``[:, m]`` — or (T, B),
 one batch for every member; the speech classifier takes one (features, lengths, labels) batch
@@ -169,9 +169,17 @@ class PopulationLM(nn.Module):
         ``streams.member(m)``, its single run's stream when ``streams`` holds each member's
         generator state at the start of training (population_run does); None: one mask stream
         for the whole population. The streams must be for the device the model is on."""
+        if streams is not None and not isinstance(streams, MemberStreams):
+            raise TypeError(f"PopulationLM.use_streams: needs a MemberStreams (or None); got a "
+                            f"{type(streams).__name__}: build one with MemberStreams.seeded(seeds, device)")
         if streams is not None and len(streams) != self.population:
             raise ValueError(f"PopulationLM.use_streams: a population of {self.population} "
                              f"members needs one stream each; got {len(streams)} streams")
+        device = next(self.parameters()).device
+        if streams is not None and streams.device.type != device.type:
+            raise ValueError(f"PopulationLM.use_streams: the streams are {streams.device.type} "
+                             f"generator states, the model is on {device}; build them for "
+                             f"{device.type} (move the model first)")
         self.streams = streams
         for module in self.modules():
             if isinstance(module, MemberDropout):

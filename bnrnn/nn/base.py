@@ -14,6 +14,8 @@ the batch: input (T, M, B, I), output (T, M, B, D*H), states (L*D, M, B, H), ``l
 The code is the same for both: products go through :func:`member_linear`, reductions over the
 batch axis -2, per-member vectors broadcast as (M, 1, F), so ``population=None`` computes what
 it always did.
+On the fused backend a bidirectional layer runs its two directions as such a population of two
+(``RecurrentStack.joint_directions``): equal, to rounding, to one after the other.
 """
 from __future__ import annotations
 
@@ -253,6 +255,10 @@ class RecurrentStack(nn.Module):
     # a population's per-member dropout streams (bnrnn.nn.streams.MemberStreams; not state:
     # a checkpoint saves them apart); None: one mask stream for the whole (T, M, B, F) tensor
     member_streams = None
+    # On the fused backend a bidirectional layer runs its two directions as one population of
+    # two (2M): one launch per step serves both, as cuDNN does (:meth:`_directions_jointly`).
+    # False runs them one after the other (the benchmark's comparison; equal to rounding).
+    joint_directions: bool = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -401,13 +407,15 @@ class RecurrentStack(nn.Module):
         layer.load_state_dict({key: value[m] for key, value in self.state_dict().items()})
         return layer
 
-    def _like(self, population: int | None) -> "RecurrentStack":
-        """A new stack of this configuration, dtype, device, modes and norm settings, its
-        parameters left as initialised (without drawing from the global RNG)."""
+    def _like(self, population: int | None, device=None, **changes) -> "RecurrentStack":
+        """A new stack of this configuration (but ``changes``), dtype, device (or ``device``),
+        modes and norm settings, its parameters left as initialised (without drawing from the
+        global RNG)."""
         weight = self.layers[0].weight_ih
         with torch.random.fork_rng(devices=[]):  # initialisation draws are overwritten anyway
-            new = type(self)(**self.configuration(), population=population)
-        new = new.to(weight.device, weight.dtype)
+            new = type(self)(**{**self.configuration(), **changes}, population=population,
+                             **({} if device is None else {"device": device}))
+        new = new.to(device or weight.device, weight.dtype)
         for mine, theirs in zip(self.layers, new.layers):
             for slot in _SLOTS:
                 module = getattr(mine, slot, None)
@@ -416,12 +424,8 @@ class RecurrentStack(nn.Module):
                     if not hasattr(module, "like"):
                         raise ValueError(f"{self._name}: the {type(module).__name__} in {slot} has "
                                          f"no population form (a like(population) method)")
-                    setattr(theirs, slot, module.like(population))
-        for mine, theirs in zip(self.modules(), new.modules()):
-            theirs.training = mine.training
-            for attr in _NORM_SETTINGS:
-                if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and hasattr(mine, attr):
-                    setattr(theirs, attr, getattr(mine, attr))
+                    setattr(theirs, slot, module.like(population).to(device or weight.device))
+        _copy_modes(self, new)
         return new
 
     def reset_parameters(self) -> None:
@@ -798,7 +802,7 @@ class RecurrentStack(nn.Module):
             states = [tuple(s[k * D + d] for s in state) for d in range(D)]
             if D == 2 and backend == "fused" and self.joint_directions \
                     and next(_settings_differ(*layers), None) is None:
-                outs, lasts = self._directions_jointly(k, x, states, lengths, mask, backend)
+                outs, lasts = self._directions_jointly(k, x, states, lengths, mask)
             else:
                 outs, lasts = [], []
                 for d, layer in enumerate(layers):
@@ -812,19 +816,17 @@ class RecurrentStack(nn.Module):
                 x = member_dropout(x, self.dropout, self.training, self.member_streams)
         return x, tuple(torch.stack(s) for s in zip(*finals))
 
-    # On the fused backend a bidirectional layer runs its two directions as one population of
-    # 2 (2M): one launch per step serves both, as cuDNN does. False runs them one after the other
-    # (the benchmark's comparison; the results are the same).
-    joint_directions: bool = True
-
     def _directions_jointly(self, k: int, x: Tensor, states: list[tuple[Tensor, ...]],
-                            lengths: Tensor | None, mask: Tensor | None, backend: str):
-        """Layer k's two directions in one recurrence: each direction's parameters and
-        statistics become a member of a population of 2 (2M for a population of M, direction-
-        major), the reversed input (:func:`reverse_padded`) beside the forward one, the mask
-        shared. Returns what the two layers run one after the other return (outputs in forward
-        time, final states); the statistics updated in training go back to each direction's
-        own buffers."""
+                            lengths: Tensor | None, mask: Tensor | None):
+        """Layer k's two directions in one fused recurrence (``joint_directions``).
+
+        Each direction's parameters and statistics become a member of a population of 2D'
+        (D' = M for a population of M, 1 for an ordinary layer; member d·D' + m is direction d
+        of member m): the input x (T, [M,] B, I) and its reverse (:func:`reverse_padded`) as
+        (T, 2D', B, I), the states (2D', B, H), the mask shared (reversed sequences start at
+        t = 0). Returns what the two directions run one after the other return — outputs in
+        forward time ((T, [M,] B, H) each), final states — to the rounding of the batched
+        products; the statistics updated in training go back into each direction's buffers."""
         fwd, bwd = self.layers[2 * k], self.layers[2 * k + 1]
         single = self.population is None
         M = 1 if single else self.population
@@ -838,38 +840,32 @@ class RecurrentStack(nn.Module):
             return (a.squeeze(axis), b.squeeze(axis)) if single else (a, b)
 
         joint = self._joint_stack().layers[2 * k]
-        for mine, theirs in zip(fwd.modules(), joint.modules()):  # the modes and settings of now
-            theirs.training = mine.training
-            for attr in _NORM_SETTINGS:
-                if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and hasattr(mine, attr):
-                    setattr(theirs, attr, getattr(mine, attr))
-        named = lambda layer: {**dict(layer.named_parameters()), **dict(layer.named_buffers())}  # noqa: E731
-        theirs = named(bwd)
-        tensors = {name: join(t, theirs[name], 0) for name, t in named(fwd).items()}
+        _copy_modes(fwd, joint)  # the modes and settings of now (train()/eval() do not reach it)
+        fwd_tensors, bwd_tensors = ({**dict(d.named_parameters()), **dict(d.named_buffers())}
+                                    for d in (fwd, bwd))
+        tensors = {name: join(t, bwd_tensors[name], 0) for name, t in fwd_tensors.items()}
         out, last = torch.func.functional_call(joint, tensors, (
             join(x, reverse_padded(x, lengths), -3),
             tuple(join(a, b, -3) for a, b in zip(*states)),
-            None if mask is None else join(mask, mask, -2), backend))
+            None if mask is None else join(mask, mask, -2), "fused"))
         if any(isinstance(m, SeqBatchNorm) and m.training for m in fwd.modules()):
-            with torch.no_grad():  # in-place updates of the joined statistics, back home
+            with torch.no_grad():  # the joined statistics were updated in place: back home
                 for name, buffer in fwd.named_buffers():
                     mine, others = split(tensors[name], 0)
                     buffer.copy_(mine)
-                    theirs[name].copy_(others)
+                    bwd_tensors[name].copy_(others)
         out_f, out_b = split(out, -3)
         lasts = [tuple(split(s, -3)[d] for s in last) for d in (0, 1)]
         return [out_f, reverse_padded(out_b, lengths)], lasts
 
     def _joint_stack(self) -> "RecurrentStack":
-        """A stack of this configuration with twice the members, on the meta device (no memory):
-        the modules :meth:`_directions_jointly` calls with the joined tensors. Built once; not a
-        submodule (outside state_dict, parameters and ``to``)."""
+        """The modules :meth:`_directions_jointly` calls with the joined tensors: a stack of this
+        configuration with twice the members, time-major (run() has already put a batch-first
+        input in that order), on the meta device (no memory; every tensor is swapped in at the
+        call). Built once, not a submodule (outside state_dict, parameters and ``to``)."""
         joint = self.__dict__.get("_joint")
         if joint is None:
-            with torch.random.fork_rng(devices=[]):
-                # time-major: run() has already put a batch-first input into that order
-                joint = type(self)(**{**self.configuration(), "batch_first": False},
-                                   population=2 * (self.population or 1), device="meta")
+            joint = self._like(2 * (self.population or 1), device="meta", batch_first=False)
             self.__dict__["_joint"] = joint
         return joint
 
@@ -912,6 +908,16 @@ _TORCH_NAME = re.compile(r"(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(\d+
 # what a norm module may have been changed in after construction, and must match in a population
 _NORM_SETTINGS = ("eps", "momentum")
 _SLOTS = ("norm_ih", "norm_hh", "norm_sum", "norm_cell")  # a layer's normalization slots
+
+
+def _copy_modes(source: nn.Module, target: nn.Module) -> None:
+    """Every training mode and norm setting of ``source`` onto ``target``, a module of the same
+    structure."""
+    for mine, theirs in zip(source.modules(), target.modules()):
+        theirs.training = mine.training
+        for attr in _NORM_SETTINGS:
+            if isinstance(mine, (SeqBatchNorm, SeqLayerNorm)) and hasattr(mine, attr):
+                setattr(theirs, attr, getattr(mine, attr))
 
 
 def _settings_differ(a: nn.Module, b: nn.Module):

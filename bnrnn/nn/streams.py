@@ -10,8 +10,8 @@ advanced state back and restores the outside one. Member m's draw therefore has 
 state, the shape (its (..., B, F) slice, contiguous like the single run's activation) and the
 place in the order of draws of its single run's draw, so its mask is bit-identical to the single
 run's: tested on CPU (tests/test_population_streams.py); on CUDA it holds by the same argument
-(the same Philox seed and offset, the same kernel for the same contiguous shape) but is not
-tested here (no GPU).
+(the same Philox seed and offset, the same kernel for the same contiguous shape); its GPU test
+(tests/test_population_streams.py, ``-m gpu``) has not run yet.
 
 :func:`member_dropout` is dropout of a population activation x (..., M, B, F): with streams,
 member m's slice x[..., m, :, :] through ``F.dropout`` inside ``streams.member(m)``; without,
