@@ -104,6 +104,11 @@ def test_member_gives_the_ordinary_model_back(name):
         for k, v in model.state_dict().items():
             assert torch.equal(back.state_dict()[k], v), k
     assert all(p.shape[0] == M for p in pop.parameters())
+    assert torch.equal(pop.member(-1).state_dict()[k], models[-1].state_dict()[k])
+    with pytest.raises(IndexError, match=rf"\[0, {M}\).*got {M}"):
+        pop.member(M)
+    with pytest.raises(TypeError, match="must be an int"):
+        pop.member(1.0)
 
 
 def test_a_seeded_population_holds_each_seeds_single_run_init():

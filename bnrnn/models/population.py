@@ -25,6 +25,7 @@ when the streams hold each member's generator state at the start of training, as
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -48,6 +49,10 @@ class PopulationEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(weight)
 
+    def extra_repr(self) -> str:
+        M, V, E = self.weight.shape
+        return f"population={M}, {V}, {E}"
+
     def forward(self, ids: Tensor) -> Tensor:
         M, V, E = self.weight.shape
         offset = torch.arange(M, device=ids.device).view(M, 1) * V
@@ -65,6 +70,10 @@ class PopulationLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.weight.shape[1]
+
+    def extra_repr(self) -> str:
+        M, N, K = self.weight.shape
+        return f"population={M}, in_features={K}, out_features={N}, bias={self.bias is not None}"
 
     def forward(self, x: Tensor) -> Tensor:
         y = member_linear(x, self.weight)
@@ -190,8 +199,13 @@ class PopulationLM(nn.Module):
 
     def member(self, m: int) -> nn.Module:
         """Member m as an ordinary model (a copy of its parameters and statistics)."""
+        try:
+            m = operator.index(m)
+        except TypeError:
+            raise TypeError(f"PopulationLM.member: m must be an int; got {type(m).__name__}") from None
         if not -self.population <= m < self.population:
-            raise IndexError(f"PopulationLM.member: m must be in [0, {self.population})")
+            raise IndexError(f"PopulationLM.member: m must be in [0, {self.population}) (or "
+                             f"negative from the end); got {m}")
         model = copy.deepcopy(self._template)
         model.load_state_dict({k: v[m] for k, v in self.state_dict().items()})
         return model.to(next(self.parameters()).device).train(self.training)
