@@ -52,6 +52,7 @@ class MemberRun:
     best: dict | None = None
     status: str = "running"  # running | diverged | completed | interrupted
     error: str | None = None
+    stopped_step: int | None = None  # a diverged member's step count when it stopped
     test: dict | None = None  # test metrics at the best epoch, once tested
 
     @property
@@ -80,7 +81,8 @@ def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
     member = trainer.members[m]
     view = Trainer.__new__(Trainer)
     view.__dict__.update(
-        cfg=trainer.cfg, step=trainer.step, elapsed=trainer.elapsed, device=trainer.device,
+        cfg=trainer.cfg, step=trainer.step if member.stopped_step is None else member.stopped_step,
+        elapsed=trainer.elapsed, device=trainer.device,
         history=member.history, best=member.best, info=member.info, run_dir=member.run_dir,
         ckpt_dir=member.ckpt_dir, model=_MemberModel(trainer.model, m), data=trainer.data,
         optimizer=None, scheduler=None, logger=None)
@@ -121,7 +123,8 @@ class PopulationTrainer:
             "schedule": self.schedule.state_dict(),
             "frozen": self.frozen.state_dict(),
             "members": [{"best": r.best, "status": r.status, "error": r.error,
-                         "diverged_epoch": r.info.get("diverged_epoch")} for r in self.members],
+                         "diverged_epoch": r.info.get("diverged_epoch"),
+                         "stopped_step": r.stopped_step} for r in self.members],
             "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
             "last_epoch_time": self.last_epoch_time,
             "rng": checkpoint.rng_state(),
@@ -141,6 +144,7 @@ class PopulationTrainer:
             r.best, r.status, r.error = saved["best"], saved["status"], saved["error"]
             if saved["diverged_epoch"] is not None:
                 r.info["diverged_epoch"] = saved["diverged_epoch"]
+            r.stopped_step = saved.get("stopped_step")  # absent from checkpoints written before it
             r.history = [row for row in read_jsonl(r.run_dir / "metrics.jsonl")
                          if row["epoch"] <= self.epoch]
             write_jsonl(r.run_dir / "metrics.jsonl", r.history)
@@ -171,6 +175,7 @@ class PopulationTrainer:
             return
         r.status, r.error = "diverged", message
         r.info["diverged_epoch"] = self.epoch
+        r.stopped_step = self.step
         self.frozen.freeze(m)
         self._final(m, None)
 

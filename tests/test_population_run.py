@@ -160,6 +160,7 @@ def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
     bad = json.loads((member_dir(tmp_path / "three", 1) / "final.json").read_text())
     assert bad["status"] == "diverged" and bad["diverged_epoch"] == 1 and "epoch 1" in bad["error"]
     assert bad["test"] is None and bad["epochs_completed"] == 0 and bad["best"] is None
+    assert bad["step"] <= 3  # where it stopped in epoch 1 (of 3 batches), as its single run
     for k3, k2 in ((0, 0), (2, 1)):
         a, b = member_dir(tmp_path / "three", k3), member_dir(tmp_path / "two", k2)
         assert strip_times(read_jsonl(a / "metrics.jsonl")) == strip_times(read_jsonl(b / "metrics.jsonl"))
