@@ -7,6 +7,9 @@ per-member clipping and schedules, and keeps for each member what :class:`bnrnn.
 keeps for a single run — its ``metrics.jsonl`` rows,
 best epoch and ``checkpoints/best.pt`` (member m as an ordinary model's state), ``final.json``
 (written by the single run's own ``Trainer._final``) — in the member's own run directory.
+After training, each completed member is tested at its best weights; the evaluations a single
+run makes then (``final_reestimate``, ``stream_splits``, ``eval_lengths``) are made by the
+single run's own ``Trainer._test_at_best`` on the member as an ordinary model, one at a time.
 
 Divergence is the single run's rule applied to each member alone (non-finite loss, a training
 stretch above chance + margin, non-finite final metrics): the member is frozen

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from bnrnn import checkpoint
 from bnrnn.config import ConfigError
+from bnrnn.engine import Diverged, Trainer
 from bnrnn.io import read_jsonl
 from bnrnn.population_run import without_population
 from bnrnn.report.runs import load_runs
@@ -199,6 +200,25 @@ def test_a_population_runs_each_members_evaluations_after_training(cooijmans, pr
         by_length = member["test_bpc_by_length"]
         assert set(by_length) == {"5", "20", "2000", "whole"} and by_length["2000"] is None
         assert by_length["whole"] == member["test_bpc_stream"] > 0
+
+
+def test_a_member_whose_final_evaluation_diverges_is_marked_diverged_alone(char_lstm, tmp_path, monkeypatch):
+    """A non-finite loss in one member's evaluation after training marks that member diverged
+    (no test, no stream fields); the other member completes with its own."""
+    evaluate = Trainer._test_at_best
+
+    def failing_for_member1(self):
+        if self.run_dir.name == "member1":
+            raise Diverged("non-finite test loss at epoch 0, step 0")
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "_test_at_best", failing_for_member1)
+    run(make_cfg(char_lstm + ["model.norm=bn_input", "trainer.final_reestimate=true",
+                              "population.seeds=[1,2]"]), tmp_path)
+    good, bad = (json.loads((member_dir(tmp_path, k) / "final.json").read_text()) for k in (0, 1))
+    assert good["status"] == "completed" and good["test"] is not None and "reestimated" in good
+    assert bad["status"] == "diverged" and "non-finite test loss" in bad["error"]
+    assert bad["test"] is None and "reestimated" not in bad and bad["epochs_completed"] == 2
 
 
 def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
