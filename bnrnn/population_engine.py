@@ -7,6 +7,9 @@ per-member clipping and schedules, and keeps for each member what :class:`bnrnn.
 keeps for a single run — its ``metrics.jsonl`` rows,
 best epoch and ``checkpoints/best.pt`` (member m as an ordinary model's state), ``final.json``
 (written by the single run's own ``Trainer._final``) — in the member's own run directory.
+After training, each completed member is tested at its best weights; the evaluations a single
+run makes then (``final_reestimate``, ``stream_splits``, ``eval_lengths``) are made by the
+single run's own ``Trainer._test_at_best`` on the member as an ordinary model, one at a time.
 
 Divergence is the single run's rule applied to each member alone (non-finite loss, a training
 stretch above chance + margin, non-finite final metrics): the member is frozen
@@ -31,7 +34,7 @@ import torch
 from torch import Tensor
 
 from bnrnn import checkpoint
-from bnrnn.engine import Interrupted, StopSignals, Trainer, TrainerConfig, _metrics_only, _non_finite, _progress, _to
+from bnrnn.engine import Diverged, Interrupted, StopSignals, Trainer, TrainerConfig, _metrics_only, _non_finite, _progress, _to
 from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
@@ -52,7 +55,11 @@ class MemberRun:
     best: dict | None = None
     status: str = "running"  # running | diverged | completed | interrupted
     error: str | None = None
+    stopped_step: int | None = None  # a diverged member's step count when it stopped
     test: dict | None = None  # test metrics at the best epoch, once tested
+    # the evaluations after training at the best weights (Trainer._test_at_best's extra:
+    # <split>_<metric>_stream, <test>_<metric>_by_length, reestimated)
+    extra: dict = field(default_factory=dict)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -80,7 +87,8 @@ def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
     member = trainer.members[m]
     view = Trainer.__new__(Trainer)
     view.__dict__.update(
-        cfg=trainer.cfg, step=trainer.step, elapsed=trainer.elapsed, device=trainer.device,
+        cfg=trainer.cfg, step=trainer.step if member.stopped_step is None else member.stopped_step,
+        elapsed=trainer.elapsed, device=trainer.device,
         history=member.history, best=member.best, info=member.info, run_dir=member.run_dir,
         ckpt_dir=member.ckpt_dir, model=_MemberModel(trainer.model, m), data=trainer.data,
         optimizer=None, scheduler=None, logger=None)
@@ -121,7 +129,8 @@ class PopulationTrainer:
             "schedule": self.schedule.state_dict(),
             "frozen": self.frozen.state_dict(),
             "members": [{"best": r.best, "status": r.status, "error": r.error,
-                         "diverged_epoch": r.info.get("diverged_epoch")} for r in self.members],
+                         "diverged_epoch": r.info.get("diverged_epoch"),
+                         "stopped_step": r.stopped_step} for r in self.members],
             "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
             "last_epoch_time": self.last_epoch_time,
             "rng": checkpoint.rng_state(),
@@ -141,6 +150,7 @@ class PopulationTrainer:
             r.best, r.status, r.error = saved["best"], saved["status"], saved["error"]
             if saved["diverged_epoch"] is not None:
                 r.info["diverged_epoch"] = saved["diverged_epoch"]
+            r.stopped_step = saved.get("stopped_step")  # absent from checkpoints written before it
             r.history = [row for row in read_jsonl(r.run_dir / "metrics.jsonl")
                          if row["epoch"] <= self.epoch]
             write_jsonl(r.run_dir / "metrics.jsonl", r.history)
@@ -171,8 +181,9 @@ class PopulationTrainer:
             return
         r.status, r.error = "diverged", message
         r.info["diverged_epoch"] = self.epoch
+        r.stopped_step = self.step
         self.frozen.freeze(m)
-        self._final(m, None)
+        self._final(m)
 
     # ------------------------------------------------------------------ loops
     def _autocast(self):
@@ -296,17 +307,18 @@ class PopulationTrainer:
             for m in live:
                 self.members[m].status, self.members[m].error = "interrupted", interrupted
         else:
-            tests = self._test_at_best([m for m in live if self.members[m].best is not None]) \
-                if self.cfg.test_split else {}
+            tested = self._test_at_best([m for m in live if self.members[m].best is not None])
             for m in live:
                 r = self.members[m]
+                if r.status != "running":  # diverged in its final evaluation
+                    continue
                 r.status = "completed"
-                if bad := _non_finite(r.best, tests.get(m)):
+                r.test, r.extra = tested.get(m, (None, {}))
+                if bad := _non_finite(r.best, r.test, r.extra):
                     r.status, r.error = "diverged", f"non-finite final metrics: {', '.join(bad)}"
-                r.test = tests.get(m)
         finals = []
         for m, r in enumerate(self.members):
-            final = self._final(m, r.test)
+            final = self._final(m)
             if r.logger:
                 r.logger.finish(final)
             finals.append(final)
@@ -354,7 +366,7 @@ class PopulationTrainer:
                 write_jsonl(r.run_dir / "metrics.jsonl", r.history)
             checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
             for m in self.live():
-                self._final(m, None)
+                self._final(m)
                 if self.members[m].logger:
                     self.members[m].logger.log(self.members[m].history[-1], step=self.step)
 
@@ -362,10 +374,41 @@ class PopulationTrainer:
         """Member m's state as an ordinary model's ``state_dict`` (loadable by a single run)."""
         return {k: v[m].clone() for k, v in self.model.state_dict().items()}
 
-    def _test_at_best(self, members: list[int]) -> dict[int, dict]:
-        """Each member's test metrics with its own best-validation weights, in one pass."""
-        if not members:
+    @property
+    def _evaluates_after_training(self) -> bool:
+        """Whether the single run evaluates more than the test split after training."""
+        cfg = self.cfg
+        return bool(cfg.stream_splits or cfg.eval_lengths or cfg.final_reestimate)
+
+    def _test_at_best(self, members: list[int]) -> dict[int, tuple[dict | None, dict]]:
+        """{member: (test metrics, whole-split metrics)} at each member's own best weights, as
+        its single run's ``Trainer._test_at_best`` gives them. The test split alone is
+        evaluated for every member in one pass; the evaluations after training (streams, test
+        by length, the final re-estimation) by the single run's own code, one member at a time."""
+        if not members or not (self.cfg.test_split or self.cfg.stream_splits):
             return {}
+        if self._evaluates_after_training:
+            tested = {}
+            for m in members:
+                try:
+                    tested[m] = self._member_at_best(m)
+                except Diverged as e:  # a non-finite loss in its evaluation: this member alone
+                    self._diverge(m, str(e))
+            return tested
+        return {m: (test, {}) for m, test in self._test_all_at_best(members).items()}
+
+    def _member_at_best(self, m: int) -> tuple[dict | None, dict]:
+        """Member m's single run after training: ``Trainer._test_at_best`` of an ordinary model
+        (``model.member(m)``) on member m's data, loaded from member m's ``best.pt``. It draws
+        nothing at random (the re-estimation runs dropout in evaluation mode)."""
+        r = self.members[m]
+        single = Trainer(model=self.model.member(m), data=self.data.modules[m], optimizer=None,
+                         scheduler=None, config=self.cfg, run_dir=r.run_dir, device=self.device,
+                         info=r.info)
+        return single._test_at_best()
+
+    def _test_all_at_best(self, members: list[int]) -> dict[int, dict]:
+        """Each member's test metrics with its own best-validation weights, in one pass."""
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         best = {k: v.clone() for k, v in current.items()}
         for m in members:
@@ -378,9 +421,9 @@ class PopulationTrainer:
         finally:
             self.model.load_state_dict(current)
 
-    def _final(self, m: int, test: dict | None) -> dict:
+    def _final(self, m: int) -> dict:
         r = self.members[m]
-        return _member_trainer(self, m)._final(r.status, r.error, test)
+        return _member_trainer(self, m)._final(r.status, r.error, r.test, r.extra)
 
 
 def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[list[float], list[int]]:

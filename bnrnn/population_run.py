@@ -67,8 +67,6 @@ PER_MEMBER = {"optim": tuple(dict.fromkeys(k for form in OPTIMIZERS.values() for
               "trainer": ("clip_grad_norm",)}
 MODELS = ("bnrnn.models.lm.WordLM", "bnrnn.models.char.CharRNN", "bnrnn.models.char.CharLSTM",
           "bnrnn.models.speech.FramewiseClassifier")
-# what Trainer does after training that a population does not, with the value that turns it off
-AFTER_TRAINING = {"stream_splits": "[]", "eval_lengths": "[]", "final_reestimate": "false"}
 # batches of these data modules are (T, B) id tensors: members' own batches stack to (T, M, B)
 TOKEN_DATA = ("bnrnn.data.ptb.PTBWordData", "bnrnn.data.ptb_char.PTBCharData")
 
@@ -218,13 +216,6 @@ def _check_supported(c: dict) -> None:
     if schedule.get("_target_") not in (None, "bnrnn.schedules.decay_after"):
         raise ConfigError("schedule", "a population supports schedule=decay_after or none",
                           schedule.get("_target_"))
-    for key in AFTER_TRAINING:  # refused rather than silently missing from the members' results
-        if c["trainer"].get(key):
-            raise ConfigError(f"trainer.{key}", "a population does not run the evaluations after "
-                              "training (whole-split streams, test by length, the final "
-                              "re-estimation); set " + " ".join(f"trainer.{k}={v}" for k, v in
-                                                                AFTER_TRAINING.items())
-                              + ", or train the members one by one", c["trainer"][key])
 
 
 class PopulationData:
@@ -406,7 +397,7 @@ def _record_failure(trainer, records, members, run_dir, error) -> None:
         for m, p in enumerate(members):
             if trainer is not None:
                 trainer.members[m].status, trainer.members[m].error = "failed", message
-                trainer._final(m, None)
+                trainer._final(m)
             else:
                 write_json(run_dir / p.dir / "final.json",
                            {"status": "failed", "error": message, "epochs_completed": 0}

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from bnrnn import checkpoint
 from bnrnn.config import ConfigError
+from bnrnn.engine import Diverged, Trainer
 from bnrnn.io import read_jsonl
 from bnrnn.population_run import without_population
 from bnrnn.report.runs import load_runs
@@ -89,14 +90,20 @@ def test_a_population_of_seeds_reproduces_the_single_runs(char, tmp_path, float6
 
 
 @pytest.fixture
-def char_lstm(ptb_char_root):
-    """A tiny Cooijmans char-LSTM (Adam, one-hot input, learned h0 and c0), without the
-    after-training stream evaluations (a population does not run them)."""
+def cooijmans(ptb_char_root):
+    """A tiny experiment=cooijmans_char_ptb (Adam, one-hot input, learned h0 and c0) with its
+    evaluations after training (streams, test by length, the final re-estimation)."""
     return ["experiment=cooijmans_char_ptb", f"data.root={ptb_char_root}",
             "model.hidden_size=8", "data.limit_batches=2", "data.seq_len=10", "data.batch_size=8",
-            "data.eval_batch_size=64", "trainer.max_epochs=2", "trainer.stream_splits=[]",
-            "trainer.eval_lengths=[]", "trainer.final_reestimate=false", "quiet=true", "device=cpu",
+            "data.eval_batch_size=64", "trainer.max_epochs=2", "quiet=true", "device=cpu",
             "trainer.check_every=1"]
+
+
+@pytest.fixture
+def char_lstm(cooijmans):
+    """The tiny Cooijmans char-LSTM without the evaluations after training (faster)."""
+    return cooijmans + ["trainer.stream_splits=[]", "trainer.eval_lengths=[]",
+                        "trainer.final_reestimate=false"]
 
 
 # bn_input rather than bn_recurrent: under the latter W_h h0 is one vector for the whole batch,
@@ -149,6 +156,71 @@ def test_an_adam_population_reproduces_the_single_runs(char_lstm, variant, tmp_p
         composed = OmegaConf.to_container(without_population(make_cfg(char_lstm + own)))
         assert composed == config
 
+
+def assert_fields_close(got: dict, want: dict, rel: float, where=()) -> None:
+    """``got`` has ``want``'s keys and values: floats to ``rel``, mappings (a by-length table,
+    the re-estimation's record) entry by entry, anything else exactly."""
+    assert got.keys() == want.keys(), where
+    for key, v in want.items():
+        if isinstance(v, dict):
+            assert_fields_close(got[key], v, rel, (*where, key))
+        elif isinstance(v, float):
+            assert got[key] == pytest.approx(v, rel=rel, abs=0), (*where, key)
+        else:
+            assert got[key] == v, (*where, key)
+
+
+# each split as one stream read in chunks shorter than it; the test by length: 5 and 20 symbols
+# (the limited test split's 1281 hold 256 and 64 examples), 2000 (none: reported null)
+AFTER_TRAINING = ["model.norm=bn_input", "trainer.stream_chunk=300", "trainer.eval_lengths=[5,20,2000]"]
+
+
+@pytest.mark.parametrize("protocol", ["cooijmans_text", "cooijmans_code"])
+def test_a_population_runs_each_members_evaluations_after_training(cooijmans, protocol, tmp_path, float64):
+    """experiment=cooijmans_char_ptb's evaluations at each member's best weights — the final
+    re-estimation over its whole training split, then the test split, valid and test each as one
+    stream (test_bpc_stream: the paper's number), the test by example length — are its single
+    run's, field for field; a diverged member has none of them, as its single run has none."""
+    common = cooijmans + [f"protocol={protocol}", *AFTER_TRAINING]
+    seeds, lrs = [1, 2, 3], [2e-3, 1e-2, 1e3]  # the third diverges
+    run(make_cfg(common + [f"population.seeds={seeds}", f"population.optim.lr={lrs}"]), tmp_path / "pop")
+    for k, seed in enumerate(seeds):
+        _, single, _ = train(common + [f"seed={seed}", f"optim.lr={lrs[k]}"], tmp_path / f"single{k}")
+        member = json.loads((member_dir(tmp_path / "pop", k) / "final.json").read_text())
+        # diverged_epoch: what a population adds to a diverged member's final.json
+        assert_fields_close({f: v for f, v in member.items() if f not in LAUNCH | {"diverged_epoch"}},
+                            {f: v for f, v in single.items() if f not in LAUNCH}, rel=1e-12, where=(k,))
+        if k == 2:
+            assert member["status"] == "diverged" and member["test"] is None
+            assert "test_bpc_stream" not in member and "reestimated" not in member
+            continue
+        assert member["status"] == "completed"
+        assert member["reestimated"] == {"split": "train", "batches": 2}
+        assert {"valid_bpc_stream", "test_bpc_stream", "test_err_stream"} <= member.keys()
+        by_length = member["test_bpc_by_length"]
+        assert set(by_length) == {"5", "20", "2000", "whole"} and by_length["2000"] is None
+        assert by_length["whole"] == member["test_bpc_stream"] > 0
+
+
+def test_a_member_whose_final_evaluation_diverges_is_marked_diverged_alone(char_lstm, tmp_path, monkeypatch):
+    """A non-finite loss in one member's evaluation after training marks that member diverged
+    (no test, no stream fields); the other member completes with its own."""
+    evaluate = Trainer._test_at_best
+
+    def failing_for_member1(self):
+        if self.run_dir.name == "member1":
+            raise Diverged("non-finite test loss at epoch 0, step 0")
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "_test_at_best", failing_for_member1)
+    run(make_cfg(char_lstm + ["model.norm=bn_input", "trainer.final_reestimate=true",
+                              "population.seeds=[1,2]"]), tmp_path)
+    good, bad = (json.loads((member_dir(tmp_path, k) / "final.json").read_text()) for k in (0, 1))
+    assert good["status"] == "completed" and good["test"] is not None and "reestimated" in good
+    assert bad["status"] == "diverged" and "non-finite test loss" in bad["error"]
+    assert bad["test"] is None and "reestimated" not in bad and bad["epochs_completed"] == 2
+
+
 def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
     """Member 1's learning rate makes it diverge; members 0 and 2 go on exactly as in a
     population of the two of them (float32, bit for bit)."""
@@ -160,6 +232,7 @@ def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
     bad = json.loads((member_dir(tmp_path / "three", 1) / "final.json").read_text())
     assert bad["status"] == "diverged" and bad["diverged_epoch"] == 1 and "epoch 1" in bad["error"]
     assert bad["test"] is None and bad["epochs_completed"] == 0 and bad["best"] is None
+    assert bad["step"] <= 3  # where it stopped in epoch 1 (of 3 batches), as its single run
     for k3, k2 in ((0, 0), (2, 1)):
         a, b = member_dir(tmp_path / "three", k3), member_dir(tmp_path / "two", k2)
         assert strip_times(read_jsonl(a / "metrics.jsonl")) == strip_times(read_jsonl(b / "metrics.jsonl"))
@@ -227,8 +300,6 @@ def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, over
     (["population.optim.momentum=[0.9,0.5]"], "population.optim.momentum"),
     (["population.optim.betas=[[0.9,0.999],[0.9,1.0]]"], "population.optim.betas"),
     (["population.optim.eps=[1e-8]"], "population.optim.eps"),
-    (["trainer.stream_splits=[test]"], "trainer.stream_splits"),
-    (["trainer.final_reestimate=true"], "trainer.final_reestimate"),
 ])
 def test_bad_adam_population_configs_are_refused_before_any_work(char_lstm, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"config error: {key}"):
@@ -284,6 +355,22 @@ def test_a_population_with_dropout_reproduces_each_members_single_run(word_dropo
             assert a.keys() == b.keys()
             for key in a:
                 assert b[key] == pytest.approx(a[key], rel=2e-6), (k, key)
+
+
+def test_a_word_lm_population_runs_its_members_final_reestimation_and_stream(word_dropout, tmp_path, float64):
+    """PTB words (one data object for every member, state carried across batches), trained
+    with dropout: each member's final re-estimation, test and test stream are its single run's,
+    to the rounding of WordLM's float32 log-softmax (measured here: 4e-15 relative)."""
+    common = word_dropout + ["model.norm=bn_input", "trainer.final_reestimate=true",
+                             "trainer.stream_splits=[test]", "trainer.stream_chunk=7"]
+    run(make_cfg(common + ["population.seeds=[1,2]"]), tmp_path / "pop")
+    for k, seed in enumerate([1, 2]):
+        _, single, _ = train(common + [f"seed={seed}"], tmp_path / f"single{k}")
+        member = json.loads((member_dir(tmp_path / "pop", k) / "final.json").read_text())
+        assert member["reestimated"] == single["reestimated"] == {"split": "train", "batches": 3}
+        got, want = ({key: f[key] for key in ("test", "test_loss_stream", "test_ppl_stream")}
+                     for f in (member, single))
+        assert_fields_close(got, want, rel=2e-6, where=(k,))
 
 
 def test_resume_continues_every_members_dropout_stream(word_dropout, tmp_path):
