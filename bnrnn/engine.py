@@ -327,10 +327,10 @@ class Trainer:
                 self.signum = getattr(e, "signum", signal.SIGINT)
         test, extra = None, {}
         if status == "completed" and self.best is not None and (self.cfg.test_split or self.cfg.stream_splits):
-            test, extra = self._test_at_best()
+            test, extra = self.test_at_best()
         if status == "completed" and (bad := _non_finite(self.best, test, extra)):
             status, error = "diverged", f"non-finite final metrics: {', '.join(bad)}"
-        final = self._final(status, error, test, extra)
+        final = self.write_final(status, error, test, extra)
         if self.logger:
             self.logger.finish(final)
         return final
@@ -369,11 +369,11 @@ class Trainer:
             # Order matters for resume: metrics first, then the checkpoint that covers them.
             write_jsonl(self.run_dir / "metrics.jsonl", self.history)
             checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
-            self._final("running", None, None)
+            self.write_final("running", None, None)
             if self.logger:
                 self.logger.log(row, step=self.step)
 
-    def _test_at_best(self) -> tuple[dict[str, float] | None, dict]:
+    def test_at_best(self) -> tuple[dict[str, float] | None, dict]:
         """The test metrics and the whole-split metrics of the best-validation weights, after
         ``final_reestimate``'s pass over the whole training split when it is set. The model is
         given its current weights and statistics back afterwards."""
@@ -391,8 +391,11 @@ class Trainer:
         finally:
             self.model.load_state_dict(current)
 
-    def _final(self, status: str, error: str | None, test: dict | None,
-               extra: dict | None = None) -> dict:
+    def write_final(self, status: str, error: str | None, test: dict | None,
+                    extra: dict | None = None) -> dict:
+        """Write the run's ``final.json`` (atomically) with ``status`` and its ``error``, the
+        best epoch, the ``test`` metrics at the best weights and ``extra`` (stream and
+        by-length metrics, re-estimation) beside the run's record; returns it."""
         protocol = self.cfg.protocol_epochs or self.cfg.max_epochs
         final = {
             "status": status,

@@ -6,10 +6,10 @@ ordinary run.
 per-member clipping and schedules, and keeps for each member what :class:`bnrnn.engine.Trainer`
 keeps for a single run — its ``metrics.jsonl`` rows,
 best epoch and ``checkpoints/best.pt`` (member m as an ordinary model's state), ``final.json``
-(written by the single run's own ``Trainer._final``) — in the member's own run directory.
+(written by the single run's own ``Trainer.write_final``) — in the member's own run directory.
 After training, each completed member is tested at its best weights; the evaluations a single
 run makes then (``final_reestimate``, ``stream_splits``, ``eval_lengths``) are made by the
-single run's own ``Trainer._test_at_best`` on the member as an ordinary model, one at a time.
+single run's own ``Trainer.test_at_best`` on the member as an ordinary model, one at a time.
 
 Divergence is the single run's rule applied to each member alone (non-finite loss, a training
 stretch above chance + margin, non-finite final metrics): the member is frozen
@@ -57,7 +57,7 @@ class MemberRun:
     error: str | None = None
     stopped_step: int | None = None  # a diverged member's step count when it stopped
     test: dict | None = None  # test metrics at the best epoch, once tested
-    # the evaluations after training at the best weights (Trainer._test_at_best's extra:
+    # the evaluations after training at the best weights (Trainer.test_at_best's extra:
     # <split>_<metric>_stream, <test>_<metric>_by_length, reestimated)
     extra: dict = field(default_factory=dict)
 
@@ -67,7 +67,7 @@ class MemberRun:
 
 
 class _MemberModel:
-    """What ``Trainer._final`` reads of a model, for member m: ``selection``, ``parameters``
+    """What ``Trainer.write_final`` reads of a model, for member m: ``selection``, ``parameters``
     and ``modules`` (whether it has batch norms: the population's are every member's)."""
 
     def __init__(self, population: PopulationLM, m: int):
@@ -82,7 +82,7 @@ class _MemberModel:
 
 def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
     """Member m seen as a single run's :class:`Trainer` (its record, a view of its parameters),
-    so that its ``final.json`` is written by ``Trainer._final`` itself: the same fields, the same
+    so that its ``final.json`` is written by ``Trainer.write_final`` itself: the same fields, the same
     rules, whatever they become."""
     member = trainer.members[m]
     view = Trainer.__new__(Trainer)
@@ -183,7 +183,7 @@ class PopulationTrainer:
         r.info["diverged_epoch"] = self.epoch
         r.stopped_step = self.step
         self.frozen.freeze(m)
-        self._final(m)
+        self.write_final(m)
 
     # ------------------------------------------------------------------ loops
     def _autocast(self):
@@ -307,7 +307,7 @@ class PopulationTrainer:
             for m in live:
                 self.members[m].status, self.members[m].error = "interrupted", interrupted
         else:
-            tested = self._test_at_best([m for m in live if self.members[m].best is not None])
+            tested = self.test_at_best([m for m in live if self.members[m].best is not None])
             for m in live:
                 r = self.members[m]
                 if r.status != "running":  # diverged in its final evaluation
@@ -318,7 +318,7 @@ class PopulationTrainer:
                     r.status, r.error = "diverged", f"non-finite final metrics: {', '.join(bad)}"
         finals = []
         for m, r in enumerate(self.members):
-            final = self._final(m)
+            final = self.write_final(m)
             if r.logger:
                 r.logger.finish(final)
             finals.append(final)
@@ -366,7 +366,7 @@ class PopulationTrainer:
                 write_jsonl(r.run_dir / "metrics.jsonl", r.history)
             checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
             for m in self.live():
-                self._final(m)
+                self.write_final(m)
                 if self.members[m].logger:
                     self.members[m].logger.log(self.members[m].history[-1], step=self.step)
 
@@ -380,9 +380,9 @@ class PopulationTrainer:
         cfg = self.cfg
         return bool(cfg.stream_splits or cfg.eval_lengths or cfg.final_reestimate)
 
-    def _test_at_best(self, members: list[int]) -> dict[int, tuple[dict | None, dict]]:
+    def test_at_best(self, members: list[int]) -> dict[int, tuple[dict | None, dict]]:
         """{member: (test metrics, whole-split metrics)} at each member's own best weights, as
-        its single run's ``Trainer._test_at_best`` gives them. The test split alone is
+        its single run's ``Trainer.test_at_best`` gives them. The test split alone is
         evaluated for every member in one pass; the evaluations after training (streams, test
         by length, the final re-estimation) by the single run's own code, one member at a time."""
         if not members or not (self.cfg.test_split or self.cfg.stream_splits):
@@ -398,14 +398,14 @@ class PopulationTrainer:
         return {m: (test, {}) for m, test in self._test_all_at_best(members).items()}
 
     def _member_at_best(self, m: int) -> tuple[dict | None, dict]:
-        """Member m's single run after training: ``Trainer._test_at_best`` of an ordinary model
+        """Member m's single run after training: ``Trainer.test_at_best`` of an ordinary model
         (``model.member(m)``) on member m's data, loaded from member m's ``best.pt``. It draws
         nothing at random (the re-estimation runs dropout in evaluation mode)."""
         r = self.members[m]
         single = Trainer(model=self.model.member(m), data=self.data.modules[m], optimizer=None,
                          scheduler=None, config=self.cfg, run_dir=r.run_dir, device=self.device,
                          info=r.info)
-        return single._test_at_best()
+        return single.test_at_best()
 
     def _test_all_at_best(self, members: list[int]) -> dict[int, dict]:
         """Each member's test metrics with its own best-validation weights, in one pass."""
@@ -421,9 +421,10 @@ class PopulationTrainer:
         finally:
             self.model.load_state_dict(current)
 
-    def _final(self, m: int) -> dict:
+    def write_final(self, m: int) -> dict:
+        """Member m's ``final.json``, written by its single run's ``Trainer.write_final``."""
         r = self.members[m]
-        return _member_trainer(self, m)._final(r.status, r.error, r.test, r.extra)
+        return _member_trainer(self, m).write_final(r.status, r.error, r.test, r.extra)
 
 
 def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[list[float], list[int]]:

@@ -397,7 +397,7 @@ def _record_failure(trainer, records, members, run_dir, error) -> None:
         for m, p in enumerate(members):
             if trainer is not None:
                 trainer.members[m].status, trainer.members[m].error = "failed", message
-                trainer._final(m)
+                trainer.write_final(m)
             else:
                 write_json(run_dir / p.dir / "final.json",
                            {"status": "failed", "error": message, "epochs_completed": 0}

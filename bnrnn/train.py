@@ -168,7 +168,7 @@ def _record_failure(run_dir: Path, trainer: Trainer | None, info: dict, error: E
     message = f"{type(error).__name__}: {error}"
     try:
         if trainer is not None:
-            trainer._final("failed", message, None)
+            trainer.write_final("failed", message, None)
         else:
             write_json(run_dir / "final.json", {"status": "failed", "error": message,
                                                 "epochs_completed": 0} | info)

@@ -205,14 +205,14 @@ def test_a_population_runs_each_members_evaluations_after_training(cooijmans, pr
 def test_a_member_whose_final_evaluation_diverges_is_marked_diverged_alone(char_lstm, tmp_path, monkeypatch):
     """A non-finite loss in one member's evaluation after training marks that member diverged
     (no test, no stream fields); the other member completes with its own."""
-    evaluate = Trainer._test_at_best
+    evaluate = Trainer.test_at_best
 
     def failing_for_member1(self):
         if self.run_dir.name == "member1":
             raise Diverged("non-finite test loss at epoch 0, step 0")
         return evaluate(self)
 
-    monkeypatch.setattr(Trainer, "_test_at_best", failing_for_member1)
+    monkeypatch.setattr(Trainer, "test_at_best", failing_for_member1)
     run(make_cfg(char_lstm + ["model.norm=bn_input", "trainer.final_reestimate=true",
                               "population.seeds=[1,2]"]), tmp_path)
     good, bad = (json.loads((member_dir(tmp_path, k) / "final.json").read_text()) for k in (0, 1))
