@@ -40,26 +40,28 @@ HPARAMS = {  # every member its own values; members 0 and 2 alike (one foreach g
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("hparams", list(HPARAMS))
-def test_sgd_matches_torch_sgd_per_member_bit_for_bit(dtype, hparams):
-    hp = HPARAMS[hparams]
+def assert_matches_torch_per_member(population_class, torch_class, hp, dtype, steps):
+    """``population_class`` over a population against M ``torch_class`` optimizers, one on each
+    member's parameters alone, fed the same gradients: equal bit for bit after every step."""
     pop = population_params(dtype=dtype)
     alone = [member_alone(pop, m) for m in range(M)]
-    opt = PopulationSGD(pop, M, **hp)
-    refs = [torch.optim.SGD(alone[m], **{k: v[m] for k, v in hp.items()}) for m in range(M)]
-    for step in range(4):  # the first step seeds the momentum buffers, later ones use them
+    opt = population_class(pop, M, **hp)
+    refs = [torch_class(alone[m], **{k: v[m] for k, v in hp.items()}) for m in range(M)]
+    for step in range(steps):
         set_grads(pop, step)
-        for m in range(M):
-            for p, q in zip(alone[m], pop):
-                p.grad = q.grad[m].clone()
+        grads_to_members(pop, alone)
         opt.step()
         for ref in refs:
             ref.step()
-        for m in range(M):
-            for p, q in zip(alone[m], pop):
-                assert torch.equal(p.detach(), q.detach()[m]), (step, m)
+        assert_members_equal(pop, alone, step)
+    return pop, alone, opt, refs
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hparams", list(HPARAMS))
+def test_sgd_matches_torch_sgd_per_member_bit_for_bit(dtype, hparams):
+    # four steps: the first seeds the momentum buffers, later ones use them
+    assert_matches_torch_per_member(PopulationSGD, torch.optim.SGD, HPARAMS[hparams], dtype, 4)
 
 
 def grads_to_members(pop, alone):
@@ -86,18 +88,9 @@ ADAM = {  # members 0 and 2 alike (one call of torch's adam over both); member 1
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hparams", list(ADAM))
 def test_adam_matches_torch_adam_per_member_bit_for_bit(dtype, hparams):
-    hp = ADAM[hparams]
-    pop = population_params(dtype=dtype)
-    alone = [member_alone(pop, m) for m in range(M)]
-    opt = PopulationAdam(pop, M, **hp)
-    refs = [torch.optim.Adam(alone[m], **{k: v[m] for k, v in hp.items()}) for m in range(M)]
-    for step in range(5):  # the bias corrections change with every step
-        set_grads(pop, step)
-        grads_to_members(pop, alone)
-        opt.step()
-        for ref in refs:
-            ref.step()
-        assert_members_equal(pop, alone, step)
+    # five steps: the bias corrections change with every step
+    pop, alone, opt, refs = assert_matches_torch_per_member(PopulationAdam, torch.optim.Adam,
+                                                            ADAM[hparams], dtype, 5)
     for m in range(M):  # the moments and step counts are each member's own too
         for p, q in zip(alone[m], pop):
             ours, theirs = opt.state[q], refs[m].state[p]
