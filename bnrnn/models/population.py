@@ -25,7 +25,6 @@ when the streams hold each member's generator state at the start of training, as
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Sequence
 
 import torch
@@ -37,7 +36,7 @@ from bnrnn.models.char import CharLM, CharLSTM
 from bnrnn.models.lm import AUTHORS_EPS, WordLM
 from bnrnn.models.speech import IGNORE, FramewiseClassifier
 from bnrnn.nn.base import RecurrentStack, member_linear
-from bnrnn.nn.norms import per_member
+from bnrnn.nn.norms import member_index, per_member
 from bnrnn.nn.streams import MemberStreams, member_dropout
 
 
@@ -199,13 +198,7 @@ class PopulationLM(nn.Module):
 
     def member(self, m: int) -> nn.Module:
         """Member m as an ordinary model (a copy of its parameters and statistics)."""
-        try:
-            m = operator.index(m)
-        except TypeError:
-            raise TypeError(f"PopulationLM.member: m must be an int; got {type(m).__name__}") from None
-        if not -self.population <= m < self.population:
-            raise IndexError(f"PopulationLM.member: m must be in [0, {self.population}) (or "
-                             f"negative from the end); got {m}")
+        m = member_index("PopulationLM.member", m, self.population)
         model = copy.deepcopy(self._template)
         model.load_state_dict({k: v[m] for k, v in self.state_dict().items()})
         return model.to(next(self.parameters()).device).train(self.training)

@@ -20,7 +20,6 @@ On the fused backend a bidirectional layer runs its two directions as such a pop
 from __future__ import annotations
 
 import math
-import operator
 import re
 import warnings
 from collections.abc import Sequence
@@ -31,7 +30,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from bnrnn.nn import fused
-from bnrnn.nn.norms import STATS, SeqBatchNorm, SeqLayerNorm, check_population, leading, per_member
+from bnrnn.nn.norms import (STATS, SeqBatchNorm, SeqLayerNorm, check_population, leading,
+                             member_index, per_member)
 from bnrnn.nn.streams import member_dropout
 from bnrnn.nn.variants import VARIANTS, Variant, make_norm, without_bias
 
@@ -396,13 +396,7 @@ class RecurrentStack(nn.Module):
         name = f"{self._name}.member"
         if self.population is None:
             raise ValueError(f"{name}: this {type(self).__name__} is not a population (population=None)")
-        try:
-            m = operator.index(m)
-        except TypeError:
-            raise TypeError(f"{name}: m must be an int; got {type(m).__name__}") from None
-        if not -self.population <= m < self.population:
-            raise IndexError(f"{name}: m must be in [0, {self.population}) (or negative from the "
-                             f"end); got {m}")
+        m = member_index(name, m, self.population)
         layer = self._like(population=None)
         layer.load_state_dict({key: value[m] for key, value in self.state_dict().items()})
         return layer

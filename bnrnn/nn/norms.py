@@ -25,6 +25,7 @@ per-member vectors broadcast as (M, 1, F), so ``population=None`` computes what 
 """
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager
 
 import torch
@@ -68,6 +69,17 @@ def check_population(owner: str, population) -> None:
                                    or population < 1):
         raise ValueError(f"{owner}: population must be None or a positive int M, the number of "
                          f"members; got {population!r}")
+
+
+def member_index(owner: str, m, population: int) -> int:
+    """m as the index of one of ``population`` members (negative from the end), or a clear error."""
+    try:
+        m = operator.index(m)
+    except TypeError:
+        raise TypeError(f"{owner}: m must be an int; got {type(m).__name__}") from None
+    if not -population <= m < population:
+        raise IndexError(f"{owner}: m must be in [0, {population}) (or negative from the end); got {m}")
+    return m
 
 
 def leading(population: int | None) -> tuple[int, ...]:
