@@ -221,16 +221,10 @@ class Trainer:
                     mean = total / count
                     window = (total - checked[0]) / max(1, count - checked[1])
                     checked = (total, count)
-                    if not math.isfinite(mean):
+                    if (why := divergence(split, mean, window, chance, self.cfg.divergence_margin,
+                                          self.epoch, self.step)) is not None:
                         bar.close()
-                        raise Diverged(f"non-finite {split} loss ({mean}) at epoch {self.epoch}, "
-                                       f"step {self.step}")
-                    if chance is not None and window > chance + self.cfg.divergence_margin:
-                        bar.close()
-                        raise Diverged(
-                            f"{split} loss {window:.4g} over the last steps is above the uniform "
-                            f"prediction's {chance:.4g} + margin {self.cfg.divergence_margin:g} at "
-                            f"epoch {self.epoch}, step {self.step}")
+                        raise Diverged(why)
                     bar.set_postfix(model.metrics({"loss_sum": total, "count": count})
                                     | {"tok/s": f"{count / (time.perf_counter() - start):.0f}"},
                                     refresh=False)
@@ -416,6 +410,19 @@ class Trainer:
         } | (extra or {}) | self.info
         write_json(self.run_dir / "final.json", final)
         return final
+
+
+def divergence(split: str, mean: float, window: float, chance: float | None, margin: float,
+               epoch: int, step: int) -> str | None:
+    """Why training has diverged at a check, or None: a non-finite mean loss, or a loss over the
+    last steps (``window``) above the uniform prediction's (``chance``) plus ``margin``."""
+    where = f"at epoch {epoch}, step {step}"
+    if not math.isfinite(mean):
+        return f"non-finite {split} loss ({mean}) {where}"
+    if chance is not None and window > chance + margin:
+        return (f"{split} loss {window:.4g} over the last steps is above the uniform "
+                f"prediction's {chance:.4g} + margin {margin:g} {where}")
+    return None
 
 
 def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[float, int]:

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from bnrnn import checkpoint
-from bnrnn.engine import Diverged, Interrupted, StopSignals, Trainer, TrainerConfig, _metrics_only, _non_finite, _progress, _to
+from bnrnn.engine import (Diverged, Interrupted, StopSignals, Trainer, TrainerConfig, _metrics_only,
+                          _non_finite, _progress, _to, divergence)
 from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
@@ -231,14 +232,10 @@ class PopulationTrainer:
                     for m in self.live():
                         mean = totals[m] / counts[m]
                         window = (totals[m] - checked[0][m]) / max(1, counts[m] - checked[1][m])
-                        if not math.isfinite(mean):
-                            self._diverge(m, f"non-finite {split} loss ({mean}) at epoch "
-                                             f"{self.epoch}, step {self.step}")
-                        elif chance is not None and window > chance + self.cfg.divergence_margin:
-                            self._diverge(m, f"{split} loss {window:.4g} over the last steps is "
-                                             f"above the uniform prediction's {chance:.4g} + margin "
-                                             f"{self.cfg.divergence_margin:g} at epoch "
-                                             f"{self.epoch}, step {self.step}")
+                        why = divergence(split, mean, window, chance, self.cfg.divergence_margin,
+                                         self.epoch, self.step)
+                        if why is not None:
+                            self._diverge(m, why)
                     checked = (totals, counts)
                     if not self.live():
                         break
