@@ -21,6 +21,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -123,7 +124,99 @@ def _to(batch, device):
     return tree_map(lambda x: x.to(device, non_blocking=True) if isinstance(x, Tensor) else x, batch)
 
 
-class Trainer:
+class Check(NamedTuple):
+    """A pass's totals read back at a check: summed loss and unit count so far, the mean loss
+    over the units since the previous check (``window``), all host float64 tensors of the
+    loop's member shape, and the seconds since the pass began."""
+
+    total: Tensor
+    count: Tensor
+    window: Tensor
+    seconds: float
+
+
+class EpochLoop:
+    """The batch loop that a single run (:class:`Trainer`) and a population
+    (:class:`~bnrnn.population_engine.PopulationTrainer`) share: forward each batch (carrying
+    the state where the data is stateful), update in training, and add up the loss, the unit
+    count and the model's other sums on the device, read back once per ``check_every`` batches.
+    A subclass says what an update is (``_update``), what a check does (``_check``: raise, or
+    return True to end the pass early) and what a pass returns (``_results``); ``shape`` is
+    the shape of its totals, ``()`` for one run and ``(M,)`` for M members."""
+
+    shape: tuple[int, ...] = ()
+    label = ""  # said after the split on the progress bar
+
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def run_epoch(self, split: str, train: bool, batch_stats: bool = False):
+        """One pass over ``split``: the model's metrics plus throughput (see ``_results``).
+        ``batch_stats``: an evaluation whose batch norms use the batch's statistics (see
+        ``batch_statistics``)."""
+        self.model.train(train)
+        with batch_statistics(self.model) if batch_stats else contextlib.nullcontext():
+            return self._pass(split, train)
+
+    def _pass(self, split: str, train: bool):
+        model, data = self.model, self.data
+        state = None  # reset at each epoch and before each evaluation
+        zeros = dict(size=self.shape, device=self.device)
+        loss_sum = torch.zeros(**zeros, dtype=torch.float64)
+        # the unit count stays on the device too (a model may count there, e.g. unpadded frames)
+        count_sum = torch.zeros(**zeros, dtype=torch.int64)
+        sums: dict[str, Tensor] = {}
+        checked = (0.0, 0.0)  # loss_sum and count at the previous check
+        chance = getattr(model, "chance_loss", None) if train else None
+        n = data.num_batches(split)
+        bar = _progress(n, f"epoch {self.epoch} {split}{self.label}", self.cfg.progress)
+        start = time.perf_counter()
+
+        def read_back() -> Check:
+            # one transfer: a float64 holds every count below 2**53 exactly
+            total, count = torch.stack((loss_sum, count_sum.double())).cpu()
+            window = (total - checked[0]) / (count - checked[1]).clamp(min=1)
+            return Check(total, count, window, time.perf_counter() - start)
+
+        try:
+            with torch.set_grad_enabled(train):
+                for i, batch in enumerate(data.batches(split, self.epoch if train else 0)):
+                    with self._autocast():
+                        out: StepOutput = model(_to(batch, self.device), state)
+                    if train:
+                        self._update(out)
+                    state = out.state if data.stateful else None
+                    loss_sum += out.loss_sum.double()
+                    count_sum += out.count
+                    for k, v in out.sums.items():
+                        sums[k] = sums.get(k, 0) + v.detach().double()
+                    if (i + 1) % self.cfg.check_every == 0 or i + 1 == n:
+                        now = read_back()
+                        checked = (now.total, now.count)
+                        if self._check(split, now, chance, bar):
+                            break
+                    bar.update(1)
+        finally:
+            bar.close()
+        return self._results(split, read_back(), {k: v.cpu() for k, v in sums.items()})
+
+    def _reestimate(self, n_batches: int) -> int:
+        """Cooijmans et al.'s re-estimation over the first ``n_batches`` training batches (the
+        state carried as in training); returns the number of batches used."""
+        carry = None
+
+        def forward(model, batch):
+            nonlocal carry
+            with self._autocast():
+                out = model(_to(batch, self.device), carry)
+            carry = out.state if self.data.stateful else None
+
+        batches = itertools.islice(self.data.batches("train", 0), n_batches)
+        return update_population_statistics(self.model, batches, forward)
+
+
+class Trainer(EpochLoop):
     def __init__(self, *, model: Model, data: DataModule, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None, config: TrainerConfig,
                  run_dir: str | Path, device: torch.device, logger=None,
@@ -174,68 +267,30 @@ class Trainer:
         write_jsonl(self.run_dir / "metrics.jsonl", self.history)
 
     # ------------------------------------------------------------------ loops
-    def _autocast(self):
-        enabled = self.cfg.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+    def _update(self, out: StepOutput) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        out.objective.backward()
+        if self.cfg.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.optimizer.step()
+        self.step += 1
 
-    def run_epoch(self, split: str, train: bool, batch_stats: bool = False) -> dict[str, float]:
-        """One pass over ``split``; returns the model's metrics plus throughput. ``batch_stats``:
-        an evaluation whose batch norms use the batch's statistics (see ``batch_statistics``)."""
-        model = self.model
-        model.train(train)
-        with batch_statistics(model) if batch_stats else contextlib.nullcontext():
-            return self._pass(split, train)
+    def _check(self, split: str, now: "Check", chance: float | None, bar) -> bool:
+        total, count = float(now.total), int(now.count)
+        if (why := divergence(split, total / count, float(now.window), chance,
+                              self.cfg.divergence_margin, self.epoch, self.step)) is not None:
+            raise Diverged(why)
+        bar.set_postfix(self.model.metrics({"loss_sum": total, "count": count})
+                        | {"tok/s": f"{count / now.seconds:.0f}"}, refresh=False)
+        return False
 
-    def _pass(self, split: str, train: bool) -> dict[str, float]:
-        model, data = self.model, self.data
-        state = None  # reset at each epoch and before each evaluation
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        # the unit count stays on the device too (a model may count there, e.g. unpadded frames):
-        # both are read back together, once per check
-        count_sum = torch.zeros((), dtype=torch.int64, device=self.device)
-        sums: dict[str, Tensor] = {}
-        checked = (0.0, 0)  # loss_sum and count at the previous check
-        chance = getattr(model, "chance_loss", None) if train else None
-        n = data.num_batches(split)
-        bar = _progress(n, f"epoch {self.epoch} {split}", self.cfg.progress)
-        start = time.perf_counter()
-        with torch.set_grad_enabled(train):
-            for i, batch in enumerate(data.batches(split, self.epoch if train else 0)):
-                batch = _to(batch, self.device)
-                with self._autocast():
-                    out: StepOutput = model(batch, state)
-                if train:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    out.objective.backward()
-                    if self.cfg.clip_grad_norm:
-                        nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
-                    self.optimizer.step()
-                    self.step += 1
-                state = out.state if data.stateful else None
-                loss_sum += out.loss_sum.double()
-                count_sum += out.count
-                for k, v in out.sums.items():
-                    sums[k] = sums.get(k, 0) + v.detach().double()
-                if (i + 1) % self.cfg.check_every == 0 or i + 1 == n:
-                    total, count = _read_back(loss_sum, count_sum)  # one sync per check
-                    mean = total / count
-                    window = (total - checked[0]) / max(1, count - checked[1])
-                    checked = (total, count)
-                    if (why := divergence(split, mean, window, chance, self.cfg.divergence_margin,
-                                          self.epoch, self.step)) is not None:
-                        bar.close()
-                        raise Diverged(why)
-                    bar.set_postfix(model.metrics({"loss_sum": total, "count": count})
-                                    | {"tok/s": f"{count / (time.perf_counter() - start):.0f}"},
-                                    refresh=False)
-                bar.update(1)
-        bar.close()
-        seconds = time.perf_counter() - start
-        total, count = _read_back(loss_sum, count_sum)
-        totals = {"loss_sum": total, "count": count} | {k: float(v) for k, v in sums.items()}
+    def _results(self, split: str, now: "Check", sums: dict[str, Tensor]) -> dict[str, float]:
+        totals = {"loss_sum": float(now.total), "count": int(now.count)}
+        totals |= {k: float(v) for k, v in sums.items()}
         if not math.isfinite(totals["loss_sum"]):
             raise Diverged(f"non-finite {split} loss at epoch {self.epoch}, step {self.step}")
-        return model.metrics(totals) | {"tokens_per_s": count / seconds, "seconds": seconds}
+        return self.model.metrics(totals) | {"tokens_per_s": totals["count"] / now.seconds,
+                                             "seconds": now.seconds}
 
     def evaluate(self, split: str, reestimate: bool = True) -> dict[str, float]:
         """The model's metrics on ``split`` (population statistics), plus ``batchstat_<metric>``
@@ -290,16 +345,7 @@ class Trainer:
         """Cooijmans et al.'s evaluation: population statistics of every BN re-estimated by one
         pass over ``n_batches`` training batches (train-mode forward, no gradient): each step's
         statistic is the mean of its batch statistics. Returns the number of batches used."""
-        carry = None
-
-        def forward(model, batch):
-            nonlocal carry
-            with self._autocast():
-                out = model(_to(batch, self.device), carry)
-            carry = out.state if self.data.stateful else None
-
-        batches = itertools.islice(self.data.batches("train", 0), n_batches)
-        return update_population_statistics(self.model, batches, forward)
+        return self._reestimate(n_batches)
 
     def fit(self) -> dict:
         """Train to ``max_epochs`` (or the end of a resumed run); returns ``final.json``."""
@@ -423,13 +469,6 @@ def divergence(split: str, mean: float, window: float, chance: float | None, mar
         return (f"{split} loss {window:.4g} over the last steps is above the uniform "
                 f"prediction's {chance:.4g} + margin {margin:g} {where}")
     return None
-
-
-def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[float, int]:
-    """The summed loss and unit count, copied to the host in one transfer (a float64 holds
-    every count below 2**53 exactly)."""
-    total, count = torch.stack((loss_sum, count_sum.double())).tolist()
-    return total, int(count)
 
 
 def _metrics_only(result: dict[str, float]) -> dict[str, float]:

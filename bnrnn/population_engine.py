@@ -21,8 +21,6 @@ run would.
 """
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import math
 import signal
@@ -34,11 +32,11 @@ import torch
 from torch import Tensor
 
 from bnrnn import checkpoint
-from bnrnn.engine import (Diverged, Interrupted, StopSignals, Trainer, TrainerConfig, _metrics_only,
-                          _non_finite, _progress, _to, divergence)
+from bnrnn.engine import (Check, Diverged, EpochLoop, Interrupted, StopSignals, Trainer,
+                          TrainerConfig, _metrics_only, _non_finite, divergence)
 from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
-from bnrnn.nn import SeqBatchNorm, batch_statistics, update_population_statistics
+from bnrnn.nn import SeqBatchNorm
 from bnrnn.population import (FrozenMembers, PopulationOptimizer, PopulationSchedule,
                               clip_grad_norm_per_member)
 
@@ -96,7 +94,7 @@ def _member_trainer(trainer: "PopulationTrainer", m: int) -> Trainer:
     return view
 
 
-class PopulationTrainer:
+class PopulationTrainer(EpochLoop):
     """Train every member of ``model`` (module doc). ``clip[m]``: member m's gradient-norm limit
     (None: not clipped); ``config.clip_grad_norm`` is not used."""
 
@@ -187,65 +185,42 @@ class PopulationTrainer:
         self.write_final(m)
 
     # ------------------------------------------------------------------ loops
-    def _autocast(self):
-        enabled = self.cfg.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.M,)
 
-    def run_epoch(self, split: str, train: bool, batch_stats: bool = False) -> dict[int, dict]:
-        """One pass over ``split``: {member: metrics} for the members still running after it."""
-        self.model.train(train)
-        with batch_statistics(self.model) if batch_stats else contextlib.nullcontext():
-            return self._pass(split, train)
+    @property
+    def label(self) -> str:
+        return f" ({self.M} members)"
 
-    def _pass(self, split: str, train: bool) -> dict[int, dict]:
-        model, data, M = self.model, self.data, self.M
-        state = None
-        loss_sum = torch.zeros(M, dtype=torch.float64, device=self.device)
-        count_sum = torch.zeros(M, dtype=torch.int64, device=self.device)
-        sums: dict[str, Tensor] = {}
-        checked = ([0.0] * M, [0] * M)
-        chance = model.chance_loss if train else None
-        n = data.num_batches(split)
-        bar = _progress(n, f"epoch {self.epoch} {split} ({M} members)", self.cfg.progress)
-        start = time.perf_counter()
-        with torch.set_grad_enabled(train):
-            for i, batch in enumerate(data.batches(split, self.epoch if train else 0)):
-                batch = _to(batch, self.device)
-                with self._autocast():
-                    out = model(batch, state)
-                if train:
-                    self.frozen.restore()  # a frozen member's statistics stay as they were
-                    self.optimizer.zero_grad(set_to_none=True)
-                    out.objective.backward()
-                    live = self.live()
-                    if any(self.clip[m] for m in live):
-                        clip_grad_norm_per_member(model.parameters(), self.clip, M, live)
-                    self.optimizer.step()
-                    self.step += 1
-                state = out.state if data.stateful else None
-                loss_sum += out.loss_sum.double()
-                count_sum += out.count
-                for k, v in out.sums.items():
-                    sums[k] = sums.get(k, 0) + v.detach().double()
-                if (i + 1) % self.cfg.check_every == 0 or i + 1 == n:
-                    totals, counts = _read_back(loss_sum, count_sum)  # one sync per check
-                    for m in self.live():
-                        mean = totals[m] / counts[m]
-                        window = (totals[m] - checked[0][m]) / max(1, counts[m] - checked[1][m])
-                        why = divergence(split, mean, window, chance, self.cfg.divergence_margin,
-                                         self.epoch, self.step)
-                        if why is not None:
-                            self._diverge(m, why)
-                    checked = (totals, counts)
-                    if not self.live():
-                        break
-                    bar.set_postfix({"live": len(self.live()),
-                                     "loss": f"{min(totals[m] / counts[m] for m in self.live()):.4g}"},
-                                    refresh=False)
-                bar.update(1)
-        bar.close()
-        seconds = time.perf_counter() - start
-        totals, counts = _read_back(loss_sum, count_sum)
+    def _update(self, out) -> None:
+        self.frozen.restore()  # a frozen member's statistics stay as they were
+        self.optimizer.zero_grad(set_to_none=True)
+        out.objective.backward()
+        live = self.live()
+        if any(self.clip[m] for m in live):
+            clip_grad_norm_per_member(self.model.parameters(), self.clip, self.M, live)
+        self.optimizer.step()
+        self.step += 1
+
+    def _check(self, split: str, now: Check, chance: float | None, bar) -> bool:
+        """Each running member's divergence rule; True (end the pass) once none is left."""
+        totals, counts, windows = now.total.tolist(), now.count.tolist(), now.window.tolist()
+        for m in self.live():
+            why = divergence(split, totals[m] / counts[m], windows[m], chance,
+                             self.cfg.divergence_margin, self.epoch, self.step)
+            if why is not None:
+                self._diverge(m, why)
+        if not self.live():
+            return True
+        bar.set_postfix({"live": len(self.live()),
+                         "loss": f"{min(totals[m] / counts[m] for m in self.live()):.4g}"},
+                        refresh=False)
+        return False
+
+    def _results(self, split: str, now: Check, sums: dict[str, Tensor]) -> dict[int, dict]:
+        """{member: metrics} for the members still running after the pass."""
+        totals, counts = now.total.tolist(), [int(c) for c in now.count.tolist()]
         sums_host = {k: v.tolist() for k, v in sums.items()}
         out = {}
         for m in self.live():
@@ -253,7 +228,8 @@ class PopulationTrainer:
                 self._diverge(m, f"non-finite {split} loss at epoch {self.epoch}, step {self.step}")
                 continue
             member = {"loss_sum": totals[m], "count": counts[m]} | {k: v[m] for k, v in sums_host.items()}
-            out[m] = model.metrics(member) | {"tokens_per_s": counts[m] / seconds, "seconds": seconds}
+            out[m] = self.model.metrics(member) | {"tokens_per_s": counts[m] / now.seconds,
+                                                   "seconds": now.seconds}
         return out
 
     def evaluate(self, split: str) -> dict[int, dict]:
@@ -271,16 +247,7 @@ class PopulationTrainer:
         return {m: v for m, v in out.items() if self.members[m].status == "running"}
 
     def reestimate_statistics(self, n_batches: int) -> None:
-        carry = None
-
-        def forward(model, batch):
-            nonlocal carry
-            with self._autocast():
-                out = model(_to(batch, self.device), carry)
-            carry = out.state if self.data.stateful else None
-
-        update_population_statistics(self.model, itertools.islice(self.data.batches("train", 0), n_batches),
-                                     forward)
+        self._reestimate(n_batches)
         self.frozen.restore()
 
     def fit(self) -> list[dict]:
@@ -422,9 +389,3 @@ class PopulationTrainer:
         """Member m's ``final.json``, written by its single run's ``Trainer.write_final``."""
         r = self.members[m]
         return _member_trainer(self, m).write_final(r.status, r.error, r.test, r.extra)
-
-
-def _read_back(loss_sum: Tensor, count_sum: Tensor) -> tuple[list[float], list[int]]:
-    """Every member's summed loss and unit count, copied to the host in one transfer."""
-    totals, counts = torch.stack((loss_sum, count_sum.double())).tolist()
-    return totals, [int(c) for c in counts]
