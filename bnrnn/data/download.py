@@ -44,20 +44,22 @@ class RemoteFile:
     md5: str
 
 
-def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
+def digest(path: str | Path, algorithm: str, chunk: int = 1 << 20) -> str:
+    """The hex digest of the file at ``path`` under ``algorithm`` (a :mod:`hashlib` name), read
+    in chunks so a corpus shard never sits in memory whole."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
-def sha256sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def md5sum(path: str | Path) -> str:
+    return digest(path, "md5")
+
+
+def sha256sum(path: str | Path) -> str:
+    return digest(path, "sha256")
 
 
 def verify(path: Path, md5: str, *, hint: str) -> Path:
