@@ -2,6 +2,8 @@
 few-batch run of experiment=speech_synthetic through the trainer."""
 import ctypes
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -120,6 +122,26 @@ def test_each_library_speaks_within_the_inventory(which, ptb_root, tmp_path):
     assert manifest["config"]["espeak"] == espeak.library_version(which)
     labels = data.splits["train"].frames()[1]
     assert labels.min() >= 0 and labels.max() < len(PHONEME_CLASSES) and (labels > 0).float().mean() > 0.5
+
+
+def test_system_library_is_the_system_one_beside_the_bundled_one():
+    """With the bundled library loaded first (same soname), ``system`` still reports the
+    system library's version, as a process that never loaded the bundled one does."""
+    _library_or_skip("bundled")
+    espeak.library_version("bundled")
+    _library_or_skip("system")
+    fresh = subprocess.run([sys.executable, "-c", "from bnrnn.data.speech import espeak; "
+                            "print(espeak.library_version('system'))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert espeak.library_version("system") == fresh
+    assert espeak.find_library("system").path != espeak.find_library("bundled").path
+
+
+def test_system_library_that_is_the_bundled_one_is_refused(monkeypatch):
+    bundled = _library_or_skip("bundled")
+    monkeypatch.setattr(espeak, "_system_path", lambda: bundled.path)
+    with pytest.raises(DataError, match=r"library=system\) resolved to the bundled .*library=bundled"):
+        espeak.load_library("system")
 
 
 def test_bundled_library_missing_says_how_to_install(monkeypatch):

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import subprocess
 from dataclasses import dataclass
 from math import gcd
 
@@ -148,17 +150,58 @@ def find_library(which: str = "auto") -> Library:
                                 f"{BUNDLED_HINT}; or use the system library (library=system)") from None
         else:
             return Library(espeakng_loader.get_library_path(), espeakng_loader.get_data_path(), "bundled")
-    return Library(ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1", None, "system")
+    return Library(_system_path(), None, "system")
+
+
+def _system_path() -> str:
+    """The system libespeak-ng as a file path where the loader's cache names one. On Linux
+    ``ctypes.util.find_library`` gives only the soname, and ``dlopen`` of a bare soname returns
+    any library already loaded under it — the bundled wheel's, which shares the soname."""
+    name = ctypes.util.find_library("espeak-ng")
+    if name is None or os.path.isabs(name):  # not found, or a path already (macOS)
+        return name or "libespeak-ng.so.1"  # load_library's error then says how to install it
+    for ldconfig in ("/sbin/ldconfig", "ldconfig"):
+        try:
+            cache = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        # lines "\tlibespeak-ng.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libespeak-ng.so.1";
+        # a multiarch system may list several: the first one this process can load is taken
+        paths = [line.partition(" => ")[2].strip() for line in cache.splitlines()
+                 if line.strip().startswith(name + " ")]
+        for path in paths:
+            try:
+                ctypes.CDLL(path)
+            except OSError:
+                continue
+            return path
+    return name
 
 
 def load_library(which: str = "auto") -> tuple[ctypes.CDLL, Library]:
     """The libespeak-ng shared library, or a :class:`DataError` that says how to install it."""
     found = find_library(which)
     try:
-        return ctypes.CDLL(found.path), found
+        lib = ctypes.CDLL(found.path)
     except OSError as e:
         raise DataError(f"libespeak-ng is not installed ({e}); the synthetic speech corpus "
                         f"(data=synthetic_speech) needs it: {BUNDLED_HINT}, or {INSTALL_HINT}.") from None
+    if found.source == "system" and _is_bundled(lib):
+        # the corpus's cache key would name the wrong library's version
+        raise DataError("libespeak-ng (library=system) resolved to the bundled espeakng-loader "
+                        f"library already loaded in this process, not a system one: {INSTALL_HINT}, "
+                        "or use library=bundled.")
+    return lib, found
+
+
+def _is_bundled(lib: ctypes.CDLL) -> bool:
+    """Whether ``lib`` is the espeakng-loader wheel's library (the same handle: ``dlopen``
+    returns the handle of an object already loaded)."""
+    try:
+        import espeakng_loader
+    except ImportError:
+        return False
+    return ctypes.CDLL(espeakng_loader.get_library_path())._handle == lib._handle
 
 
 def library_version(which: str = "auto") -> str:
