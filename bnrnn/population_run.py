@@ -288,14 +288,20 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
         torch.set_num_threads(cfg.threads)
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    rundir.write_hydra_files(run_dir, rundir.as_recorded(cfg), rundir.defining(overrides),
-                             HydraConfig.get() if HydraConfig.initialized() else None)
-    M, records, trainer = len(members), [], None
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+
+    def write_hydra_files():
+        rundir.write_hydra_files(run_dir, rundir.as_recorded(cfg), rundir.defining(overrides), hydra_cfg)
+        for p in members:
+            rundir.write_hydra_files(run_dir / p.dir, p.cfg, p.overrides)
+
+    if resume_state is None:
+        write_hydra_files()
+    M, records, trainer, continuing = len(members), [], None, resume_state is None
     try:
         datas, models, streams = _build(members, cfg.deterministic, device)
         for p in members:
             mdir = run_dir / p.dir
-            rundir.write_hydra_files(mdir, p.cfg, p.overrides)
             info = run_info(p.cfg, p.resolved, p.overrides)
             if resume_state is not None:
                 info = rundir.continued(info, mdir, resume_state["epoch"])
@@ -318,6 +324,9 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
             resolved_config=resolved)
         if resume_state is not None:
             trainer.resume_from(resume_state)
+            # the population goes on from here: only now may this invocation rewrite its records
+            write_hydra_files()
+            continuing = True
             log.info("resumed population %s at epoch %d", run_dir, trainer.epoch)
         log.info("%s: population of %d, %d parameters each, on %s, run dir %s", cfg.name, M,
                  sum(p[0].numel() for p in model.parameters()), device, run_dir)
@@ -326,7 +335,11 @@ def _run(cfg, run_dir: Path, resolved: dict, device, resume_state, members: list
         raise
     except Exception as e:
         log.exception("population %s failed in %s", cfg.name, run_dir)
-        _record_failure(trainer, records, members, run_dir, e)
+        if continuing:
+            _record_failure(trainer, records, members, run_dir, e)
+        else:  # a resume that failed before the population went on: its records are still true
+            log.error("%s: the resume failed before the population continued; its members' "
+                      "final.json and .hydra/ stay as they were", run_dir)
         raise
     if trainer.signum is not None and any(f["status"] == "interrupted" for f in finals):
         raise Interrupted.by(trainer.signum)

@@ -54,8 +54,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
 
     Before any work, ``run_dir`` is claimed (``bnrnn.rundir``): a directory that holds a run is
     refused unless ``resume=true`` with an unchanged configuration. A failure after that is
-    written down (traceback in ``train.log``, ``final.json`` status ``failed``) and re-raised; a
-    SIGINT/SIGTERM ends the run ``interrupted`` and raises :class:`Interrupted`."""
+    written down (traceback in ``train.log``, ``final.json`` status ``failed``) and re-raised,
+    except that a resume failing before the run has continued from its checkpoint leaves the
+    run's record (``final.json``, ``.hydra/``) as it was; a SIGINT/SIGTERM ends the run
+    ``interrupted`` and raises :class:`Interrupted`."""
     if population_run.requested(cfg):  # population.seeds=[...]: M runs in one process
         return population_run.run(cfg, run_dir)
     cfg = population_run.without_population(cfg)
@@ -93,12 +95,13 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
     overrides = rundir.defining(overrides)
-    rundir.write_hydra_files(run_dir, rundir.as_recorded(cfg), overrides,
-                             HydraConfig.get() if HydraConfig.initialized() else None)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if resume_state is None:
+        rundir.write_hydra_files(run_dir, rundir.as_recorded(cfg), overrides, hydra_cfg)
     info = run_info(cfg, resolved, overrides)
     if resume_state is not None:
         info = rundir.continued(info, run_dir, resume_state["epoch"])
-    trainer = None
+    trainer, continuing = None, resume_state is None
     try:
         data = instantiate(cfg.data)
         validate_data(cfg, data)  # batch sizes against the splits' sizes, before any step
@@ -115,6 +118,9 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
                           info=info, resolved_config=resolved)
         if resume_state is not None:
             trainer.resume_from(resume_state)
+            # the run goes on from here: only now may this invocation rewrite its record
+            rundir.write_hydra_files(run_dir, rundir.as_recorded(cfg), overrides, hydra_cfg)
+            continuing = True
             log.info("resumed %s at epoch %d", run_dir, trainer.epoch)
         log.info("%s: %d parameters on %s, run dir %s", cfg.name,
                  sum(p.numel() for p in model.parameters()), device, run_dir)
@@ -123,7 +129,11 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
         raise  # a refusal before any step, not a failed run: nothing to record
     except Exception as e:
         log.exception("%s failed in %s", cfg.name, run_dir)  # the traceback goes to train.log
-        _record_failure(run_dir, trainer, info, e)
+        if continuing:
+            _record_failure(run_dir, trainer, info, e)
+        else:  # a resume that failed before the run went on: the run is where its record says
+            log.error("%s: the resume failed before the run continued; its final.json and "
+                      ".hydra/ stay as they were", run_dir)
         raise
     log.info("%s finished: %s, best %s", cfg.name, final["status"],
              {k: v for k, v in (final["best"] or {}).items() if k.startswith("valid")})

@@ -187,6 +187,20 @@ def test_a_failure_is_recorded_with_its_traceback(tiny, tmp_path):
     assert "Traceback" in (run_dir / "train.log").read_text()
 
 
+
+def test_a_resume_that_fails_before_continuing_leaves_the_record_as_it_was(tiny, tmp_path):
+    """A resume that cannot even start (its data root, which may change on resume, is wrong)
+    has not touched the run: the completed run's final.json (epochs, best, test) and .hydra/
+    stay byte for byte, never 'failed with 0 epochs'."""
+    train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(Exception, match="nowhere"):
+        train([*TINY, f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+               "trainer.max_epochs=2", "resume=true"], tmp_path)
+    assert _snapshot(tmp_path) == before
+    assert _final(tmp_path)["status"] == "completed"
+
+
 # ---------------------------------------------------------------- signals
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled"}

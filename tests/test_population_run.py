@@ -267,6 +267,22 @@ def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_p
         assert records == {k: (member_dir(tmp_path / "resumed", k) / "final.json").read_bytes() for k in (0, 1)}
 
 
+
+def test_a_resume_that_fails_before_continuing_leaves_every_record_as_it_was(char, tmp_path):
+    """A population resume that cannot start (a wrong data root) leaves the members' final.json
+    and .hydra/ (and the population's) byte for byte: never 'failed with 0 epochs'."""
+    pop = char + ["population.seeds=[1,2]"]
+    run(make_cfg(pop), tmp_path)
+    snapshot = lambda: {str(p.relative_to(tmp_path)): p.read_bytes()  # noqa: E731
+                        for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != ".lock"}
+    before = snapshot()
+    moved = [o for o in pop if not o.startswith("data.root=")]
+    with pytest.raises(Exception, match="nowhere"):
+        run(make_cfg(moved + [f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+                              "trainer.max_epochs=3", "resume=true"]), tmp_path)
+    assert snapshot() == before
+    assert json.loads((member_dir(tmp_path, 0) / "final.json").read_text())["status"] == "completed"
+
 def test_a_members_record_leaves_resume_out(char):
     """resume=true is how one invocation continues a population, not part of any member's run:
     a member's overrides (its final.json command, .hydra/) and configuration leave it out."""
