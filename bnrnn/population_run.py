@@ -404,12 +404,15 @@ def _splits(cfg: TrainerConfig) -> list[str]:
 
 
 def _record_failure(trainer, records, members, run_dir, error) -> None:
-    """Every member's final.json says ``failed`` with the error (best effort)."""
+    """Every member's final.json says ``failed`` with the error (best effort), except a
+    member that had already ended: a diverged (or completed and tested) member keeps its own
+    outcome, which the population's later failure does not change."""
     message = f"{type(error).__name__}: {error}"
     try:
         for m, p in enumerate(members):
             if trainer is not None:
-                trainer.members[m].status, trainer.members[m].error = "failed", message
+                if trainer.members[m].status not in ("diverged", "completed"):
+                    trainer.members[m].status, trainer.members[m].error = "failed", message
                 trainer.write_final(m)
             else:
                 write_json(run_dir / p.dir / "final.json",

@@ -242,6 +242,27 @@ def test_a_diverging_member_leaves_the_others_bit_identical(char, tmp_path):
         assert all(torch.equal(sa[key], sb[key]) for key in sa)
 
 
+
+def test_a_population_failure_leaves_a_diverged_member_diverged(char, tmp_path, monkeypatch):
+    """The disk fills in epoch 2, after member 1 diverged in epoch 1: the population fails,
+    member 0 says failed, member 1 still says diverged (its outcome, with its epoch)."""
+    from bnrnn import population_engine
+
+    save = checkpoint.save
+
+    def disk_full_at_epoch_2(path, state):
+        if path.name == "last.pt" and state["epoch"] == 2:
+            raise OSError(28, "No space left on device", str(path))
+        save(path, state)
+
+    monkeypatch.setattr(population_engine.checkpoint, "save", disk_full_at_epoch_2)
+    with pytest.raises(OSError, match="No space left"):
+        run(make_cfg(char + ["trainer.max_epochs=3", "population.seeds=[5,6]",
+                             "population.optim.lr=[0.3,1e4]"]), tmp_path)
+    good, bad = (json.loads((member_dir(tmp_path, k) / "final.json").read_text()) for k in (0, 1))
+    assert good["status"] == "failed" and "No space left" in good["error"]
+    assert bad["status"] == "diverged" and bad["diverged_epoch"] == 1 and "epoch 1" in bad["error"]
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_path):
     """The whole population state (with Adam: each member's moments and step count, its
