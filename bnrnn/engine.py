@@ -265,6 +265,7 @@ class Trainer(EpochLoop):
         self.load_state_dict(state)
         self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
         write_jsonl(self.run_dir / "metrics.jsonl", self.history)
+        restore_best(self.ckpt_dir / "best.pt", self.best, self.epoch, state["model"])
 
     # ------------------------------------------------------------------ loops
     def _update(self, out: StepOutput) -> None:
@@ -402,13 +403,17 @@ class Trainer(EpochLoop):
         with self._signals.deferred():  # a signal now waits until the epoch's records are all written
             self.history.append(row)
             key = self.selection_key
-            if self.best is None or row[key] < self.best[key]:
+            improved = self.best is None or row[key] < self.best[key]
+            if improved:
                 self.best = row
-                checkpoint.save(self.ckpt_dir / "best.pt", {"model": self.model.state_dict(),
-                                                           "epoch": self.epoch})
-            # Order matters for resume: metrics first, then the checkpoint that covers them.
+            # Order matters for resume: metrics first, then the checkpoint that covers them, then
+            # best.pt (a best.pt newer than last.pt would hold an epoch that a resume drops;
+            # one older than last.pt's best is rewritten from it by restore_best).
             write_jsonl(self.run_dir / "metrics.jsonl", self.history)
             checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
+            if improved:
+                checkpoint.save(self.ckpt_dir / "best.pt", {"model": self.model.state_dict(),
+                                                           "epoch": self.epoch})
             self.write_final("running", None, None)
             if self.logger:
                 self.logger.log(row, step=self.step)
@@ -417,7 +422,7 @@ class Trainer(EpochLoop):
         """The test metrics and the whole-split metrics of the best-validation weights, after
         ``final_reestimate``'s pass over the whole training split when it is set. The model is
         given its current weights and statistics back afterwards."""
-        best = checkpoint.load(self.ckpt_dir / "best.pt", self.device)
+        best = load_best(self.ckpt_dir / "best.pt", self.best, self.device)
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(best["model"])
         extra = {}
@@ -456,6 +461,34 @@ class Trainer(EpochLoop):
         } | (extra or {}) | self.info
         write_json(self.run_dir / "final.json", final)
         return final
+
+
+def restore_best(path: Path, best: dict | None, epoch: int, model_state: dict) -> None:
+    """On resume at ``epoch``: when the best epoch is that epoch but ``best.pt`` does not hold
+    it (the run stopped between ``last.pt`` and ``best.pt``), write it from the checkpoint's
+    weights, which are that epoch's."""
+    if best is None or best["epoch"] != epoch:
+        return
+    try:
+        saved = checkpoint.load(path)
+    except checkpoint.CheckpointError:  # an unreadable copy: this epoch's weights replace it
+        saved = None
+    if saved is None or saved.get("epoch") != epoch:
+        checkpoint.save(path, {"model": model_state, "epoch": epoch})
+
+
+def load_best(path: Path, best: dict | None, device) -> dict:
+    """``best.pt``, checked to hold the best epoch's weights (``best``, the metrics row the
+    record reports): testing other weights would report another epoch's test as the best's."""
+    saved = checkpoint.load(path, device)
+    want = best["epoch"] if best else None
+    got = None if saved is None else saved.get("epoch")
+    if saved is None or got != want:
+        raise checkpoint.CheckpointError(
+            f"{path} holds epoch {got}, but the run's best epoch is {want}: its weights are not "
+            "the best epoch's, so no test of them is reported; restore a good copy, or train "
+            "the run again")
+    return saved
 
 
 def divergence(split: str, mean: float, window: float, chance: float | None, margin: float,

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from bnrnn import checkpoint
 from bnrnn.engine import (Check, Diverged, EpochLoop, Interrupted, StopSignals, Trainer,
-                          TrainerConfig, _metrics_only, _non_finite, divergence)
+                          TrainerConfig, _metrics_only, _non_finite, divergence, load_best,
+                          restore_best)
 from bnrnn.io import read_jsonl, write_jsonl
 from bnrnn.models.population import PopulationLM
 from bnrnn.nn import SeqBatchNorm
@@ -155,6 +156,8 @@ class PopulationTrainer(EpochLoop):
             write_jsonl(r.run_dir / "metrics.jsonl", r.history)
         checkpoint.set_rng_state(state["rng"])
         self._resume_streams(state.get("streams"))
+        for m, r in enumerate(self.members):
+            restore_best(r.ckpt_dir / "best.pt", r.best, self.epoch, self._member_state(m))
 
     def _resume_streams(self, saved: dict | None) -> None:
         """Each member's dropout stream where the checkpoint left it. A checkpoint of another
@@ -319,16 +322,20 @@ class PopulationTrainer(EpochLoop):
         self.last_epoch_time = epoch_time
         key = _member_trainer(self, 0).selection_key  # the single run's rule (trainer.select_on)
         with self._signals.deferred():  # a signal now waits until the epoch's records are all written
+            improved = []
             for m in self.live():
                 r, row = self.members[m], rows[m] | {"epoch_time": epoch_time, "wall_time": self.elapsed}
                 r.history.append(row)
                 if r.best is None or row[key] < r.best[key]:
                     r.best = row
-                    checkpoint.save(r.ckpt_dir / "best.pt", {"model": self._member_state(m),
-                                                             "epoch": self.epoch})
-                # Order matters for resume: metrics first, then the checkpoint that covers them.
+                    improved.append(m)
+                # Order matters for resume: metrics first, then the checkpoint that covers them,
+                # then best.pt (as a single run: engine.restore_best)
                 write_jsonl(r.run_dir / "metrics.jsonl", r.history)
             checkpoint.save(self.ckpt_dir / "last.pt", self.state_dict())
+            for m in improved:
+                checkpoint.save(self.members[m].ckpt_dir / "best.pt",
+                                {"model": self._member_state(m), "epoch": self.epoch})
             for m in self.live():
                 self.write_final(m)
                 if self.members[m].logger:
@@ -369,6 +376,7 @@ class PopulationTrainer(EpochLoop):
         single = Trainer(model=self.model.member(m), data=self.data.modules[m], optimizer=None,
                          scheduler=None, config=self.cfg, run_dir=r.run_dir, device=self.device,
                          info=r.info)
+        single.best = r.best  # the epoch its best.pt must hold
         return single.test_at_best()
 
     def _test_all_at_best(self, members: list[int]) -> dict[int, dict]:
@@ -376,7 +384,8 @@ class PopulationTrainer(EpochLoop):
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         best = {k: v.clone() for k, v in current.items()}
         for m in members:
-            saved = checkpoint.load(self.members[m].ckpt_dir / "best.pt", self.device)["model"]
+            r = self.members[m]
+            saved = load_best(r.ckpt_dir / "best.pt", r.best, self.device)["model"]
             for k, v in saved.items():
                 best[k][m] = v
         self.model.load_state_dict(best)

@@ -85,6 +85,49 @@ def test_full_disk_is_a_failure_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     assert not list(tmp_path.rglob("*.tmp"))  # no half-written file left behind
 
 
+
+def _disk_full_at(monkeypatch, name: str, epoch: int) -> None:
+    save = checkpoint.save
+
+    def save_then_disk_full(path, state):
+        if Path(path).name == name and state["epoch"] == epoch:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        save(path, state)
+
+    monkeypatch.setattr(engine.checkpoint, "save", save_then_disk_full)
+
+
+@pytest.mark.parametrize("full, best_epoch", [("last.pt", 1), ("best.pt", 2)])
+def test_a_resumed_run_tests_the_weights_of_the_best_epoch_it_reports(tiny, tmp_path, monkeypatch,
+                                                                     full, best_epoch):
+    """The disk fills while epoch 2 (the better one) is written, before or after last.pt; the
+    run is resumed with a time box that lets no epoch start. Its test is its reported best
+    epoch's, as an uninterrupted run of that many epochs tests it: never the weights of an
+    epoch the resume dropped, nor a best.pt older than the best epoch."""
+    _, ref, _ = train([*tiny, f"trainer.max_epochs={best_epoch}"], tmp_path / "ref")
+    assert ref["best_epoch"] == best_epoch
+    _disk_full_at(monkeypatch, full, 2)
+    with pytest.raises(OSError, match="No space left"):
+        train([*tiny, "trainer.max_epochs=3"], tmp_path / "run")
+    monkeypatch.undo()
+    _, final, rows = train([*tiny, "trainer.max_epochs=3", "trainer.max_time=1e-6", "resume=true"],
+                           tmp_path / "run")
+    assert final["status"] == "completed" and [r["epoch"] for r in rows] == list(range(1, best_epoch + 1))
+    assert final["best_epoch"] == best_epoch and final["test"] == ref["test"]
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == best_epoch
+
+
+def test_a_best_checkpoint_of_another_epoch_is_never_tested(tmp_path):
+    """A best.pt that does not hold the best epoch (one written by a dropped epoch, before
+    best.pt followed last.pt) is refused, never tested as that epoch's weights."""
+    best = tmp_path / "best.pt"
+    checkpoint.save(best, {"model": {}, "epoch": 3})
+    assert engine.load_best(best, {"epoch": 3}, "cpu")["epoch"] == 3
+    with pytest.raises(CheckpointError, match="holds epoch 3, but the run's best epoch is 2"):
+        engine.load_best(best, {"epoch": 2}, "cpu")
+    with pytest.raises(CheckpointError, match="holds epoch None"):
+        engine.load_best(tmp_path / "absent.pt", {"epoch": 2}, "cpu")
+
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
     target = tmp_path / "final.json"
     io.write_json(target, {"status": "completed"})

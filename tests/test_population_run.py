@@ -263,6 +263,35 @@ def test_a_population_failure_leaves_a_diverged_member_diverged(char, tmp_path, 
     assert good["status"] == "failed" and "No space left" in good["error"]
     assert bad["status"] == "diverged" and bad["diverged_epoch"] == 1 and "epoch 1" in bad["error"]
 
+
+@pytest.mark.parametrize("full, best_epoch", [("last.pt", 1), ("best.pt", 2)])
+def test_a_resumed_population_tests_the_weights_of_each_members_best_epoch(char, tmp_path, monkeypatch,
+                                                                         full, best_epoch):
+    """The disk fills while epoch 2 (each member's better one) is written, before or after
+    last.pt; resumed with a time box that lets no epoch start, each member is tested at the
+    best epoch it reports, as an uninterrupted population of that many epochs tests it."""
+    from bnrnn import population_engine
+
+    pop = char + ["population.seeds=[1,2]"]
+    run(make_cfg(pop + [f"trainer.max_epochs={best_epoch}"]), tmp_path / "ref")
+    save = checkpoint.save
+
+    def disk_full_at_epoch_2(path, state):
+        if path.name == full and state["epoch"] == 2:
+            raise OSError(28, "No space left on device", str(path))
+        save(path, state)
+
+    monkeypatch.setattr(population_engine.checkpoint, "save", disk_full_at_epoch_2)
+    with pytest.raises(OSError, match="No space left"):
+        run(make_cfg(pop + ["trainer.max_epochs=3"]), tmp_path / "run")
+    monkeypatch.undo()
+    run(make_cfg(pop + ["trainer.max_epochs=3", "trainer.max_time=1e-6", "resume=true"]), tmp_path / "run")
+    for k in (0, 1):
+        ref, final = (json.loads((member_dir(tmp_path / d, k) / "final.json").read_text())
+                      for d in ("ref", "run"))
+        assert ref["best_epoch"] == final["best_epoch"] == best_epoch
+        assert final["status"] == "completed" and final["test"] == ref["test"]
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_path):
     """The whole population state (with Adam: each member's moments and step count, its
