@@ -80,11 +80,12 @@ def test_sweep_both_norms_then_table(ptb_char_root, tmp_path):
     assert {p.name: p.read_bytes() for p in written} == before
 
 
-def _run(tmp_path, i, norm, lr, *, epochs=20, limit=None, status="completed", valid=1.5):
+def _run(tmp_path, i, norm, lr, *, epochs=20, limit=None, status="completed", valid=1.5, completed=None):
     config = {"name": NAME, "optim": {"lr": lr, "momentum": 0.9}, "data": {"batch_size": 32, "seq_len": 100},
               "model": {"norm": norm, "embedding_size": 250, "hidden_size": 250, "num_layers": 3}}
-    best = {"epoch": epochs, "train_ce": valid - 0.1, "valid_ce": valid}
-    final = {"name": NAME, "norm": norm, "status": status, "max_epochs": epochs, "epochs_completed": epochs,
+    completed = epochs if completed is None else completed
+    best = {"epoch": completed, "train_ce": valid - 0.1, "valid_ce": valid}
+    final = {"name": NAME, "norm": norm, "status": status, "max_epochs": epochs, "epochs_completed": completed,
              "limit_batches": limit, "best": best, "best_epoch": epochs}
     return Run(path=tmp_path / norm / str(i), config=config, final=final, metrics=[best])
 
@@ -100,6 +101,12 @@ def test_full_protocol_is_not_reduced_and_duplicates_are_refused(tmp_path):
     assert any("first 5 batches" in r for r in reductions(short))
     with pytest.raises(RunError, match="collected twice"):
         paired(trials + trials[:1])
+    # a trial the time box stopped after 8 of its 20 epochs is a reduced protocol too, and a
+    # diverged trial's fewer epochs are its outcome, not a reduction
+    boxed = [Trial(_run(tmp_path, 0, "none", 0.1, completed=8), "none", 0.1, 0.9, 32),
+             Trial(_run(tmp_path, 1, "none", 0.2, completed=3, status="diverged"), "none", 0.2, 0.9, 32)]
+    assert reductions(trials + boxed) == ["1 trial stopped early by the time box (trainer.max_time) "
+                                          "after 8 epochs"]
 
 
 def test_grid_md_lists_every_setting_the_appendix_leaves_open():

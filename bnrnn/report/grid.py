@@ -117,6 +117,13 @@ def reductions(trials: list[Trial]) -> list[str]:
     if epochs and epochs[0] < PROTOCOL["epochs"]:
         out.append(f"{'/'.join(map(str, epochs))} epoch{'s' if epochs[-1] > 1 else ''} per trial "
                    f"(paper: {PROTOCOL['epochs']})")
+    # a completed trial that stopped before its max_epochs (trainer.max_time) trained fewer
+    # epochs than max_epochs says: its epochs count, not the number it was allowed
+    cut = sorted(t.run.epochs_completed for t in trials if t.status == "completed"
+                 and t.run.epochs_completed < int(t.run.final.get("max_epochs") or 0))
+    if cut:
+        out.append(f"{len(cut)} trial{'s' if len(cut) > 1 else ''} stopped early by the time box "
+                   f"(trainer.max_time) after {'/'.join(map(str, sorted(set(cut))))} epochs")
     limits = sorted({t.run.final.get("limit_batches") for t in trials} - {None})
     if limits:
         out.append(f"data limited to the first {'/'.join(map(str, limits))} batches of each split "
