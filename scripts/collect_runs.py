@@ -12,7 +12,9 @@ is given, and each replacement is printed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,10 +69,25 @@ def plan_copy(run: Run, dest: Path, replace: bool) -> str:
 
 
 def copy_run(run: Run, dest: Path) -> None:
-    """Copy ``run``'s small files into ``dest`` (atomically, file by file)."""
+    """Copy ``run``'s small files into ``dest``: every file is written in full beside its
+    place first, and only then are they all renamed into place, so a write that fails (a full
+    disk) leaves the old record whole, never the new final.json beside the old metrics."""
     new = _files(run.path)
-    for name, data in new.items():
-        atomic_write(dest / name, lambda f, data=data: f.write(data), mode="wb")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in new.items():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(fd)
+            staged.append((Path(tmp), target))
+            # atomic_write to the temp name: the same fsync and permissions as every other write
+            atomic_write(tmp, lambda f, data=data: f.write(data), mode="wb")
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
     for name in FILES:  # a file the new run lacks must not survive from the old one
         if name not in new and (dest / name).exists():
             (dest / name).unlink()

@@ -329,6 +329,34 @@ def test_collect_runs_never_overwrites_a_different_run_silently(tmp_path, capsys
     assert sorted(p.parent.name for p in (tmp_path / "rel").rglob("final.json")) == ["a", "b"]
 
 
+
+def test_collect_runs_replace_that_fails_midway_keeps_the_old_record_whole(tmp_path, monkeypatch):
+    """--replace over a collected run, and the disk fills after the first file: the
+    destination still holds the old run, every file of it, never the new final.json beside
+    the old metrics."""
+    import errno
+    import os
+
+    dest = tmp_path / "dest"
+    hydra_run(tmp_path / "sweep1", "a", valid_ppl=(250.0, 140.0, 130.0))
+    hydra_run(tmp_path / "sweep2", "b", valid_ppl=(250.0, 140.0, 129.0, 128.0))
+    assert collect_runs.main([str(tmp_path / "sweep1"), "--dest", str(dest)]) == 0
+    target = dest / "ptb_small/none/seed1"
+    before = {f: (target / f).read_bytes() for f in files_under(target)}
+    fsync, calls = os.fsync, []
+
+    def disk_full_after_one_file(fd):
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_after_one_file)
+    with pytest.raises(OSError, match="No space left"):
+        collect_runs.main([str(tmp_path / "sweep2"), "--dest", str(dest), "--replace"])
+    monkeypatch.undo()
+    assert {f: (target / f).read_bytes() for f in files_under(target)} == before  # no .tmp left
+
 # ---------------------------------------------------------------------- a real run, tabled
 def test_a_real_tiny_training_run_is_tabled(ptb_root, tmp_path):
     runs = tmp_path / "runs"
