@@ -256,6 +256,20 @@ def test_ptb_findings_are_computed_from_the_numbers(tmp_path):
     assert "not the paper's pattern" in text
 
 
+def test_ptb_findings_compare_every_variant_in_the_table(tmp_path):
+    # bn_sum is a NormLSTM variant the config accepts for a PTB run but not one of Table 2's
+    # four: its complete row is in the table, so its comparison belongs in the findings too
+    write_run(tmp_path / "runs", train_ppl=(200.0, 80.0), valid_ppl=(150.0, 121.0))
+    write_run(tmp_path / "runs", norm="bn_sum", train_ppl=(200.0, 70.0), valid_ppl=(150.0, 124.0))
+    ptb.build(tmp_path / "runs", tmp_path / "out", "cmd")
+    md = (tmp_path / "out" / "ptb.md").read_text()
+    assert "| small | laurent_text | bn_sum | complete |" in md
+    text = md.split("## What our numbers show")[1].split("## Runs")[0]
+    assert "Small: bn_sum lowers best train perplexity from 80.0 to 70.0" in text
+    assert "raises best valid perplexity from 121.0 to 124.0" in text
+    assert "No size has complete runs" not in text
+
+
 def test_make_tables_regenerates_byte_identical_files(tmp_path):
     runs = tmp_path / "runs" / "ptb"
     for size in ("ptb_small", "ptb_medium"):
