@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bnrnn import rundir
-from bnrnn.config import ConfigError, check_device, validate, validate_data
+from bnrnn.config import ConfigError, check_data_files, check_device, validate, validate_data
 from bnrnn.engine import Interrupted, TrainerConfig
 from bnrnn.io import hardware, write_json
 from bnrnn.models.population import PopulationLM
@@ -259,6 +259,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
     check_device(members[0].resolved, device)
+    for p in members:  # data.root and the cache, before the run directory is claimed
+        check_data_files(p.resolved)
     lock, resume_state = rundir.claim(run_dir, bool(cfg.resume), resolved, device)
     locks = [lock]
     try:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnrnn import population_run, rundir
 from bnrnn.checkpoint import CheckpointError
 from bnrnn.config import CONFIG_DIR as _CONFIG_DIR
-from bnrnn.config import ConfigError, check_device, deviations, validate, validate_data
+from bnrnn.config import ConfigError, check_data_files, check_device, deviations, validate, validate_data
 from bnrnn.engine import Interrupted, Trainer, TrainerConfig
 from bnrnn.io import git_revision, write_json
 
@@ -66,6 +66,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
     check_device(resolved, device)
+    check_data_files(resolved)  # data.root and the cache, before the run directory is claimed
     lock, resume_state = rundir.claim(run_dir, bool(cfg.resume), resolved, device)
     try:
         if resume_state is not None and \

@@ -21,12 +21,12 @@ def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from bnrnn.config import CONFIG_DIR, ConfigError, validate, validate_data
+    from bnrnn.config import CONFIG_DIR, ConfigError, check_data_files, validate, validate_data
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=argv)
     try:
-        validate(cfg)
+        check_data_files(validate(cfg))
     except ConfigError as e:
         print(f"prepare_data: {e}", file=sys.stderr)
         return 2

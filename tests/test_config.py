@@ -217,6 +217,48 @@ def test_refused_before_run_dir_and_data(tmp_path, monkeypatch):
     assert not run_dir.exists() and not cache.exists()
 
 
+
+@pytest.mark.parametrize("root,named,allowed", [
+    ("nowhere", "data.root={tmp}/nowhere", "does not exist; point it at a directory holding "
+     "ptb.train.txt, ptb.valid.txt, ptb.test.txt, or set data.root=null"),
+    ("ptb/ptb.train.txt", "data.root={ptb}/ptb.train.txt", "is a file, not a directory"),
+    ("ptb_char", "data.root={ptb_char}", "holds no ptb.train.txt, ptb.valid.txt, ptb.test.txt"),
+])
+def test_a_data_root_without_the_data_is_refused_before_the_run_directory(
+        ptb_root, ptb_char_root, tmp_path, root, named, allowed):
+    """A mistyped data.root used to be found only once the run directory was claimed: a
+    traceback, and .hydra/ and a 'failed' final.json written for a run that never started."""
+    roots = {"nowhere": tmp_path / "nowhere", "ptb/ptb.train.txt": ptb_root / "ptb.train.txt",
+             "ptb_char": ptb_char_root}
+    named = named.format(tmp=tmp_path, ptb=ptb_root, ptb_char=ptb_char_root)
+    cfg = make_cfg(["experiment=ptb_small", f"data.root={roots[root]}", "data.download=false",
+                    "quiet=true", "device=cpu"])
+    with pytest.raises(ConfigError) as e:
+        run(cfg, tmp_path / "run")
+    assert f" {named}:" in str(e.value) and allowed in str(e.value), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_download_and_an_empty_cache_is_refused_before_the_run_directory(tmp_path):
+    cfg = make_cfg(["experiment=grid_char_rnn", f"paths.cache_dir={tmp_path / 'cache'}",
+                    "data.download=false", "quiet=true", "device=cpu"])
+    with pytest.raises(ConfigError, match=f"data.download=false: data.cache_dir={tmp_path}/cache/"
+                       "ptb_char holds no ptb.char.train.txt, .*set data.download=true"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_cli_refuses_a_missing_data_root_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    p = cli(["experiment=ptb_small", f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+             "device=cpu", f"hydra.run.dir={out}"])
+    assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stderr
+    assert [line for line in p.stderr.splitlines() if line.strip()] == [
+        f"bnrnn: config error: data.root={tmp_path / 'nowhere'}: does not exist; point it at a "
+        "directory holding ptb.train.txt, ptb.valid.txt, ptb.test.txt, or set data.root=null to "
+        "use data.cache_dir"]
+    assert not any((out / f).exists() for f in ("final.json", "metrics.jsonl", ".hydra", "checkpoints"))
+
 @pytest.mark.parametrize("key,split", [("eval_batch_size", "valid"), ("batch_size", "train")])
 def test_batch_larger_than_a_split_is_refused_before_any_step(ptb_root, tmp_path, key, split):
     with open(ptb_root / f"ptb.{split}.txt", encoding="utf-8") as f:
