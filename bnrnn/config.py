@@ -45,7 +45,7 @@ class ConfigError(ValueError):
             written = written[:100] + f" ... ({len(written)} characters)"
         shown = key if value is ... else f"{key}={written}"
         super().__init__(f"config error: {shown}: {problem}")
-        self.key = key
+        self.key, self.problem = key, problem
 
 
 def show(value: Any) -> str:

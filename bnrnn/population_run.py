@@ -145,7 +145,16 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
                 OmegaConf.update(member, key, value, merge=False)
         name = _member_name(fmt, k, values["seed"], M)
         own = [_member_override(key, v, base, overrides) for key, v in values.items()]
-        members.append(MemberPlan(k, values["seed"], member, validate(member), keep + own, name))
+        try:
+            resolved = validate(member)
+        except ConfigError as e:
+            if e.key not in lists:
+                raise
+            # the value came from a population list: name the list the user wrote, not the
+            # member key it was copied to
+            raise ConfigError(_population_key(e.key), f"member {k}'s value {_show(values[e.key])} "
+                              f"{e.problem}", lists[e.key]) from None
+        members.append(MemberPlan(k, values["seed"], member, resolved, keep + own, name))
     names = [p.dir for p in members]
     if len(set(names)) != M or any(n in ("", ".", "..") or "/" in n for n in names):
         raise ConfigError("population.member_dir", f"must name a distinct subdirectory per member "

@@ -360,6 +360,13 @@ def test_a_members_record_leaves_resume_out(char):
     (["population.seeds=[1,2]", "population.trainer.clip_grad_norm=5"], "population.trainer.clip_grad_norm"),
     (["population.seeds=[1,2]", "model.norm_options.backend=native"], "model.norm_options.backend"),
     (["population.seeds=[1,2]", "data.root=/nonexistent/ptb_char"], "data.root"),
+    # a member's value that only its own configuration refuses: named as the list it came from
+    (["population.seeds=[1,2]", "population.optim.momentum=[0.9,1.5]"],
+     r"population.optim.momentum=\[0.9, 1.5\]: member 1's value 1.5 must be a number in \[0, 1\)"),
+    (["population.seeds=[1,2]", "population.optim.dampening=[0,2]"],
+     r"population.optim.dampening=\[0, 2\]: member 1's value 2 must be a number in \[0, 1\]"),
+    (["population.seeds=[1,2]", "population.optim.nesterov=[false,true]", "optim.momentum=0"],
+     r"population.optim.nesterov=\[false, true\]: member 1's value true needs optim.momentum > 0"),
 ])
 def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"config error: {key}"):
