@@ -173,6 +173,21 @@ def test_the_cli_refusal_is_one_line_and_touches_nothing(tiny, tmp_path):
     assert after == before  # .hydra/ included: the record of the finished run is intact
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_run_directory_that_is_a_file_is_refused_in_one_line(tiny, tmp_path, multirun):
+    """Hydra creates the run (sweep) directory before any of bnrnn's code runs: a file there
+    failed with Hydra's traceback of its mkdir."""
+    file = tmp_path / "final.json"
+    file.write_text("{}")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for target, what in ((file, "is a file"), (file / "run", f"lies under the file {file}")):
+        p = cli([*(["-m"] if multirun else []), *tiny, f"{key}={target}"])
+        assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stderr
+        assert [line for line in p.stderr.splitlines() if line.strip()] == [
+            f"bnrnn: {key}={target}: {what}, not a directory; choose another {key}"]
+    assert file.read_text() == "{}" and sorted(tmp_path.iterdir()) == [file]
+
+
 def test_two_processes_cannot_share_a_run_directory(tiny, tmp_path):
     lock = RunLock(tmp_path)  # another "process" holds the directory
     try:
