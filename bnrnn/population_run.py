@@ -363,7 +363,7 @@ def _build(members: list[MemberPlan], deterministic: bool, device: torch.device)
     its single run's training starts drawing (on CUDA nothing is drawn while building: the
     seeded state). Members whose data configurations are equal share one data object when
     building it draws nothing from the RNG (so sharing changes no member's initialisation)."""
-    from bnrnn.train import seed_everything
+    from bnrnn.train import build_data, seed_everything
 
     datas, models, states, built = [], [], [], {}
     for p in members:
@@ -373,7 +373,7 @@ def _build(members: list[MemberPlan], deterministic: bool, device: torch.device)
             data = built[key]
         else:
             before = torch.random.get_rng_state()
-            data = instantiate(p.cfg.data)
+            data = build_data(p.cfg.data)
             if torch.equal(before, torch.random.get_rng_state()):
                 built[key] = data
         validate_data(p.cfg, data)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -105,7 +106,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
         info = rundir.continued(info, run_dir, resume_state["epoch"])
     trainer, continuing = None, resume_state is None
     try:
-        data = instantiate(cfg.data)
+        data = build_data(cfg.data)
         validate_data(cfg, data)  # batch sizes against the splits' sizes, before any step
         model = instantiate(cfg.model, **data.dims).to(device)
         optimizer = instantiate(cfg.optim, params=model.parameters())
@@ -142,6 +143,18 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     if final["status"] == "interrupted" and trainer.signum is not None:
         raise Interrupted.by(trainer.signum)
     return objective(final)
+
+
+def build_data(data_cfg: DictConfig):
+    """The data object of ``data_cfg``; a :class:`ConfigError` it raises (a corpus too small for
+    data.seq_len) comes out as itself, not wrapped in Hydra's InstantiationException, so it is
+    reported in one line as a refusal, not recorded as a failed run."""
+    try:
+        return instantiate(data_cfg)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
 
 
 def run_info(cfg: DictConfig, resolved: dict, overrides: list[str]) -> dict:

@@ -272,6 +272,31 @@ def test_batch_larger_than_a_split_is_refused_before_any_step(ptb_root, tmp_path
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("override,message", [
+    ("data.seq_len=100000", "config error: data.seq_len=100000: the train split holds {train} "
+     "symbols, too few for one sequence; allowed: 1 to {smallest}"),
+    ("data.batch_size=100000", "config error: data.batch_size=100000: the train split holds "
+     "{sequences} sequences of data.seq_len, too few for one batch; allowed: 1 to {sequences}"),
+])
+def test_a_char_corpus_too_small_for_the_run_is_refused_in_one_line(ptb_char_root, tmp_path,
+                                                                    override, message):
+    """PTBCharData refused these in its constructor with a ValueError, which the run recorded
+    as failed (a traceback, final.json 'failed'); the CLI now says it in one line, exit 2."""
+    from bnrnn.data.ptb_char import PTBCharCorpus
+
+    corpus = PTBCharCorpus(root=str(ptb_char_root))
+    symbols = {s: corpus[s].numel() for s in ("train", "valid", "test")}
+    expected = message.format(train=symbols["train"], smallest=min(symbols.values()) - 1,
+                              sequences=(symbols["train"] - 1) // 100)
+    run_dir = tmp_path / "run"
+    p = cli(["experiment=grid_char_rnn", f"data.root={ptb_char_root}", "data.seq_len=100",
+             override, "model.hidden_size=8", "model.embedding_size=8", "device=cpu",
+             "quiet=true", f"hydra.run.dir={run_dir}"])
+    assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stderr
+    assert [line for line in p.stderr.splitlines() if line.strip() and "WARNING" not in line] == [
+        f"bnrnn: {expected}"]
+    assert not any((run_dir / f).exists() for f in ("final.json", "metrics.jsonl", "checkpoints"))
+
 def test_validate_data_names_a_missing_split():
     class Data:
         def num_batches(self, split):
