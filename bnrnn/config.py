@@ -45,7 +45,7 @@ class ConfigError(ValueError):
             written = written[:100] + f" ... ({len(written)} characters)"
         shown = key if value is ... else f"{key}={written}"
         super().__init__(f"config error: {shown}: {problem}")
-        self.key = key
+        self.key, self.problem = key, problem
 
 
 def show(value: Any) -> str:
@@ -502,6 +502,67 @@ def check_device(c: Mapping, device) -> None:
                               f"reference loop here) or reference", "fused")
 
 
+def _data_files(data: Mapping) -> tuple[list[str], str] | None:
+    """The files a data configuration reads from ``data.root`` (or, without a root, from its
+    cache) and the key of that cache; None for a data class this does not know."""
+    target = data.get("_target_")
+    try:
+        if target == "bnrnn.data.ptb.PTBWordData":
+            from bnrnn.data.ptb import PTB_FILES
+            return [f.name for f in PTB_FILES.values()], "cache_dir"
+        if target == "bnrnn.data.ptb_char.PTBCharData":
+            from bnrnn.data.ptb_char import PTB_CHAR_FILES
+            return [f.name for f in PTB_CHAR_FILES.values()], "cache_dir"
+        if target == "bnrnn.data.speech.synthetic.SyntheticSpeechData":  # PTB's text
+            from bnrnn.data.ptb import PTB_FILES
+            from bnrnn.data.speech.synthetic import TEXT_SPLITS
+            splits = data.get("utterances") or TEXT_SPLITS
+            return [PTB_FILES[TEXT_SPLITS[s]].name for s in splits if s in TEXT_SPLITS], "text_cache_dir"
+        if target == "bnrnn.data.speech.librispeech.LibriSpeechData":
+            from bnrnn.data.speech.librispeech import LABELS_FILE, SPLIT_FILES
+            return ([f.name for f in SPLIT_FILES.values()] + [data.get("labels_file", LABELS_FILE)],
+                    "cache_dir")
+    except ImportError:  # an optional extra that is not installed: building the data says so
+        return None
+    return None
+
+
+def check_data_files(c: Mapping) -> None:
+    """What the configuration asks of this machine's files, checked before the run directory is
+    claimed: ``data.root`` is a directory holding the data's files, and without a root and with
+    ``data.download=false`` the cache holds them (else the run would fail only once claimed,
+    recorded as a failed run)."""
+    data = c.get("data") or {}
+    known = _data_files(data)
+    if data.get("audio_dir") is not None and not Path(data["audio_dir"]).expanduser().is_dir():
+        raise ConfigError("data.audio_dir", "is not a directory; point it at LibriSpeech/"
+                          "train-clean-100 (layout <spk>/<chapter>/<utt>.flac), or set "
+                          "data.audio_dir=null", data["audio_dir"])
+    if known is None:
+        return
+    names, cache_key = known
+    root = data.get("root")
+    if root is not None:
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            why = "is a file, not a directory" if path.exists() else "does not exist"
+            raise ConfigError("data.root", f"{why}; point it at a directory holding "
+                              f"{', '.join(names)}, or set data.root=null to use data.{cache_key}",
+                              root)
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise ConfigError("data.root", f"holds no {', '.join(missing)}; point it at a directory "
+                              f"holding {', '.join(names)}, or set data.root=null to use "
+                              f"data.{cache_key}", root)
+    elif data.get("download") is False:
+        cache = Path(data[cache_key]).expanduser()
+        missing = [n for n in names if not (cache / n).is_file()]
+        if missing:
+            raise ConfigError("data.download", f"data.{cache_key}={cache} holds no "
+                              f"{', '.join(missing)}; set data.download=true, or data.root=<a "
+                              f"directory holding them>", False)
+
+
 _MISSING = object()
 
 
@@ -650,4 +711,4 @@ def validate_data(cfg: DictConfig | Mapping, data: Any) -> None:
                               f"{allowed}", value)
 
 
-__all__ = ["ConfigError", "validate", "validate_data"]
+__all__ = ["ConfigError", "check_data_files", "validate", "validate_data"]

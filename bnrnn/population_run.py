@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bnrnn import rundir
-from bnrnn.config import ConfigError, check_device, validate, validate_data
+from bnrnn.config import ConfigError, check_data_files, check_device, validate, validate_data
 from bnrnn.engine import Interrupted, TrainerConfig
 from bnrnn.io import hardware, write_json
 from bnrnn.models.population import PopulationLM
@@ -145,7 +145,16 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[MemberPlan]:
                 OmegaConf.update(member, key, value, merge=False)
         name = _member_name(fmt, k, values["seed"], M)
         own = [_member_override(key, v, base, overrides) for key, v in values.items()]
-        members.append(MemberPlan(k, values["seed"], member, validate(member), keep + own, name))
+        try:
+            resolved = validate(member)
+        except ConfigError as e:
+            if e.key not in lists:
+                raise
+            # the value came from a population list: name the list the user wrote, not the
+            # member key it was copied to
+            raise ConfigError(_population_key(e.key), f"member {k}'s value {_show(values[e.key])} "
+                              f"{e.problem}", lists[e.key]) from None
+        members.append(MemberPlan(k, values["seed"], member, resolved, keep + own, name))
     names = [p.dir for p in members]
     if len(set(names)) != M or any(n in ("", ".", "..") or "/" in n for n in names):
         raise ConfigError("population.member_dir", f"must name a distinct subdirectory per member "
@@ -259,6 +268,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
     check_device(members[0].resolved, device)
+    for p in members:  # data.root and the cache, before the run directory is claimed
+        check_data_files(p.resolved)
     lock, resume_state = rundir.claim(run_dir, bool(cfg.resume), resolved, device)
     locks = [lock]
     try:
@@ -352,7 +363,7 @@ def _build(members: list[MemberPlan], deterministic: bool, device: torch.device)
     its single run's training starts drawing (on CUDA nothing is drawn while building: the
     seeded state). Members whose data configurations are equal share one data object when
     building it draws nothing from the RNG (so sharing changes no member's initialisation)."""
-    from bnrnn.train import seed_everything
+    from bnrnn.train import build_data, seed_everything
 
     datas, models, states, built = [], [], [], {}
     for p in members:
@@ -362,7 +373,7 @@ def _build(members: list[MemberPlan], deterministic: bool, device: torch.device)
             data = built[key]
         else:
             before = torch.random.get_rng_state()
-            data = instantiate(p.cfg.data)
+            data = build_data(p.cfg.data)
             if torch.equal(before, torch.random.get_rng_state()):
                 built[key] = data
         validate_data(p.cfg, data)

@@ -16,13 +16,15 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bnrnn import population_run, rundir
 from bnrnn.checkpoint import CheckpointError
 from bnrnn.config import CONFIG_DIR as _CONFIG_DIR
-from bnrnn.config import ConfigError, check_device, deviations, validate, validate_data
+from bnrnn.config import ConfigError, check_data_files, check_device, deviations, validate, validate_data
 from bnrnn.engine import Interrupted, Trainer, TrainerConfig
 from bnrnn.io import git_revision, write_json
 
@@ -66,6 +68,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
     check_device(resolved, device)
+    check_data_files(resolved)  # data.root and the cache, before the run directory is claimed
     lock, resume_state = rundir.claim(run_dir, bool(cfg.resume), resolved, device)
     try:
         if resume_state is not None and \
@@ -103,7 +106,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
         info = rundir.continued(info, run_dir, resume_state["epoch"])
     trainer, continuing = None, resume_state is None
     try:
-        data = instantiate(cfg.data)
+        data = build_data(cfg.data)
         validate_data(cfg, data)  # batch sizes against the splits' sizes, before any step
         model = instantiate(cfg.model, **data.dims).to(device)
         optimizer = instantiate(cfg.optim, params=model.parameters())
@@ -140,6 +143,18 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, device: torch.device,
     if final["status"] == "interrupted" and trainer.signum is not None:
         raise Interrupted.by(trainer.signum)
     return objective(final)
+
+
+def build_data(data_cfg: DictConfig):
+    """The data object of ``data_cfg``; a :class:`ConfigError` it raises (a corpus too small for
+    data.seq_len) comes out as itself, not wrapped in Hydra's InstantiationException, so it is
+    reported in one line as a refusal, not recorded as a failed run."""
+    try:
+        return instantiate(data_cfg)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
 
 
 def run_info(cfg: DictConfig, resolved: dict, overrides: list[str]) -> dict:
@@ -188,6 +203,35 @@ def _record_failure(run_dir: Path, trainer: Trainer | None, info: dict, error: E
 
 # an absolute path, so `python -m bnrnn.train` works from any directory
 CONFIG_DIR = str(_CONFIG_DIR)
+
+
+def _not_a_directory(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a directory, else None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+class RunDirCheck(Callback):
+    """hydra.callbacks (configs/config.yaml): a run or sweep directory that cannot be one (it,
+    or a folder above it, is a file) is refused in one line, exit 2. Hydra creates the
+    directory before the task starts, and would fail there with a traceback."""
+
+    @staticmethod
+    def _check(key: str, value) -> None:
+        blocking = _not_a_directory(Path(str(value)).expanduser())
+        if blocking is not None:
+            what = "is a file" if blocking == Path(str(value)).expanduser() else f"lies under the file {blocking}"
+            print(f"bnrnn: {key}={value}: {what}, not a directory; choose another {key}",
+                  file=sys.stderr)
+            raise SystemExit(2)  # Hydra passes SystemExit on (its callbacks warn on Exception)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check("hydra.sweep.dir", config.hydra.sweep.dir)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -10,6 +10,8 @@
 #   [overrides...]" runs the appendix grid for that norm as populations (bnrnn.population_grid,
 #   $GRID_TRIALS trials, default 52) into runs/<name>; its trainer.max_time applies to each
 #   batch-size group, and the groups run one after another
+#   Every line is checked first (scripts/check_campaign.py); a malformed one stops the campaign
+#   before any job starts.
 #   e.g. OUT=/tmp/out scripts/campaign.sh scripts/campaigns/ptb_table2.txt 480 data.root=.devdata/ptb
 #
 # Afterwards, on the machine with the repository:
@@ -22,6 +24,9 @@ jobs_file=$1; max_time=$2; shift 2
 out=${OUT:-campaign_out}
 work=${CAMPAIGN_DIR:-campaign}
 [ -e "$work/runs" ] && { echo "campaign: $work/runs exists; move it away or set CAMPAIGN_DIR" >&2; exit 2; }
+# every line is checked before anything is prepared or started: a malformed line would
+# otherwise fail only in its own log, after the other jobs had taken the device
+python scripts/check_campaign.py "$jobs_file" "$max_time" "$@" || exit 2
 mkdir -p "$out" "$work/runs"
 out=$(cd "$out" && pwd)
 # several processes share one GPU far better under MPS; without it (or on CPU) they time-slice

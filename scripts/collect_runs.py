@@ -138,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     for src in args.sources:
         if not src.is_dir():
             parser.error(f"{src} is not a directory")
+    # the nearest existing part of --dest must be a folder: a file there would fail only at the
+    # first copy, with a traceback
+    existing = next((p for p in (args.dest, *args.dest.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is a file" if existing == args.dest else f"lies under the file {existing}"
+        parser.error(f"--dest {args.dest} {what}; give a folder (e.g. results/runs/<family>)")
     try:
         rows = collect(args.sources, args.dest, args.layout, args.replace, args.dry_run)
     except (CollectError, RunError) as e:

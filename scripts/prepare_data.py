@@ -19,20 +19,21 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
-    from bnrnn.config import CONFIG_DIR, ConfigError, validate, validate_data
+    from bnrnn.config import CONFIG_DIR, ConfigError, check_data_files, validate, validate_data
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=argv)
+    from bnrnn.train import build_data
+
+    start = time.perf_counter()
     try:
-        validate(cfg)
+        check_data_files(validate(cfg))
+        data = build_data(cfg.data)
+        validate_data(cfg, data)
     except ConfigError as e:
         print(f"prepare_data: {e}", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    data = instantiate(cfg.data)
-    validate_data(cfg, data)
     print(f"prepare_data: {cfg.data._target_} ready in {time.perf_counter() - start:.1f} s; "
           f"dims: {sorted(data.dims)}")
     return 0

@@ -35,6 +35,16 @@ def cli(args: list[str], cwd: Path = REPO, timeout: int = 300) -> subprocess.Com
                                   if k not in ("HYDRA_FULL_ERROR",)}})
 
 
+def corrupt_copy(root: Path, dest: Path) -> Path:
+    """A copy of the fixture corpus ``root`` whose training file fails its checksum: data that
+    only reading it shows to be bad, so a run given it fails once it has started."""
+    import shutil
+
+    shutil.copytree(root, dest)
+    train = next(dest.glob("*train.txt"))
+    train.write_text(train.read_text() + "corrupt\n")
+    return dest
+
 def strip_times(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
 

@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, corrupt_copy
 
 TINY = ["data.limit_batches=3", "model.hidden_size=8", "trainer.max_epochs=1", "device=cpu", "threads=1"]
 
@@ -54,10 +54,49 @@ def test_a_population_job_writes_each_member_as_an_ordinary_run(tmp_path, ptb_ro
 
 
 def test_campaign_stops_before_any_job_when_preparing_fails(tmp_path, ptb_root):
-    p = campaign(tmp_path, "!prepare experiment=ptb_small data.bptt=0\nsmall/none experiment=ptb_small\n",
-                 f"data.root={ptb_root}", *TINY)
-    assert p.returncode == 1 and "data.bptt" in p.stderr and "preparing data failed" in p.stderr
+    # a corrupt corpus: only building the data finds it (a bad value is refused by the check)
+    corrupt = corrupt_copy(ptb_root, tmp_path / "corrupt")
+    p = campaign(tmp_path, "!prepare experiment=ptb_small\nsmall/none experiment=ptb_small\n",
+                 f"data.root={corrupt}", *TINY)
+    assert p.returncode == 1 and "checksum mismatch" in p.stderr and "preparing data failed" in p.stderr
     assert not any((tmp_path / "work" / "runs").iterdir())
+
+
+def test_a_malformed_line_stops_the_campaign_before_anything_starts(tmp_path, ptb_root):
+    """Each bad line is named (file:line, what, the fix) before any data is prepared or any job
+    starts: a line without its run name, a misspelled experiment, a bad value, a reused run
+    name, a population list of the wrong length, a grid job without its norm."""
+    jobs = ("!prepare experiment=ptb_small data.bptt=0\n"
+            "small/none experiment=ptb_small model.norm=none seed=1\n"
+            "experiment=ptb_small model.norm=bn_input\n"
+            "small/ln experiment=ptb_smal\n"
+            "small/none experiment=ptb_small model.norm=ln\n"
+            "small/pop experiment=ptb_small population.seeds=[1,2] population.optim.lr=[1]\n"
+            "grid/bn !grid\n")
+    p = campaign(tmp_path, jobs, f"data.root={ptb_root}", *TINY)
+    assert p.returncode == 2, p.stderr + p.stdout
+    problems = [line for line in p.stderr.splitlines() if line.strip()]
+    jobs_file = tmp_path / "jobs.txt"
+    assert [line.split(": ", 2)[1] for line in problems[:-1]] == [
+        f"{jobs_file}:{n}" for n in (1, 3, 4, 5, 6, 7)]
+    assert "data.bptt=0: must be an integer >= 1" in problems[0]
+    assert "the run name 'experiment=ptb_small' is an override" in problems[1]
+    assert "Could not find 'experiment/ptb_smal'" in problems[2] and "ptb_small" in problems[2]
+    assert "is also line 2's" in problems[3]
+    assert "population.optim.lr=[1]: has 1 values, population.seeds 2" in problems[4]
+    assert "with norm one of none, bn_sum" in problems[5]
+    assert problems[-1] == f"campaign: 6 problem(s) in {jobs_file}; no job was started"
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_time_box_that_is_not_seconds_stops_the_campaign(tmp_path):
+    (tmp_path / "jobs.txt").write_text("small/none experiment=ptb_small\n")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "CAMPAIGN_DIR": str(tmp_path / "work"),
+           "NO_MPS": "1"}
+    p = subprocess.run([str(REPO / "scripts" / "campaign.sh"), str(tmp_path / "jobs.txt"), "8m"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "campaign: MAX_TIME_S=8m: must be a number of seconds > 0" in p.stderr
+    assert not (tmp_path / "work").exists()
 
 
 def test_campaign_refuses_to_reuse_its_work_directory(tmp_path):

@@ -217,6 +217,48 @@ def test_refused_before_run_dir_and_data(tmp_path, monkeypatch):
     assert not run_dir.exists() and not cache.exists()
 
 
+
+@pytest.mark.parametrize("root,named,allowed", [
+    ("nowhere", "data.root={tmp}/nowhere", "does not exist; point it at a directory holding "
+     "ptb.train.txt, ptb.valid.txt, ptb.test.txt, or set data.root=null"),
+    ("ptb/ptb.train.txt", "data.root={ptb}/ptb.train.txt", "is a file, not a directory"),
+    ("ptb_char", "data.root={ptb_char}", "holds no ptb.train.txt, ptb.valid.txt, ptb.test.txt"),
+])
+def test_a_data_root_without_the_data_is_refused_before_the_run_directory(
+        ptb_root, ptb_char_root, tmp_path, root, named, allowed):
+    """A mistyped data.root used to be found only once the run directory was claimed: a
+    traceback, and .hydra/ and a 'failed' final.json written for a run that never started."""
+    roots = {"nowhere": tmp_path / "nowhere", "ptb/ptb.train.txt": ptb_root / "ptb.train.txt",
+             "ptb_char": ptb_char_root}
+    named = named.format(tmp=tmp_path, ptb=ptb_root, ptb_char=ptb_char_root)
+    cfg = make_cfg(["experiment=ptb_small", f"data.root={roots[root]}", "data.download=false",
+                    "quiet=true", "device=cpu"])
+    with pytest.raises(ConfigError) as e:
+        run(cfg, tmp_path / "run")
+    assert f" {named}:" in str(e.value) and allowed in str(e.value), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_download_and_an_empty_cache_is_refused_before_the_run_directory(tmp_path):
+    cfg = make_cfg(["experiment=grid_char_rnn", f"paths.cache_dir={tmp_path / 'cache'}",
+                    "data.download=false", "quiet=true", "device=cpu"])
+    with pytest.raises(ConfigError, match=f"data.download=false: data.cache_dir={tmp_path}/cache/"
+                       "ptb_char holds no ptb.char.train.txt, .*set data.download=true"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_cli_refuses_a_missing_data_root_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    p = cli(["experiment=ptb_small", f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+             "device=cpu", f"hydra.run.dir={out}"])
+    assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stderr
+    assert [line for line in p.stderr.splitlines() if line.strip()] == [
+        f"bnrnn: config error: data.root={tmp_path / 'nowhere'}: does not exist; point it at a "
+        "directory holding ptb.train.txt, ptb.valid.txt, ptb.test.txt, or set data.root=null to "
+        "use data.cache_dir"]
+    assert not any((out / f).exists() for f in ("final.json", "metrics.jsonl", ".hydra", "checkpoints"))
+
 @pytest.mark.parametrize("key,split", [("eval_batch_size", "valid"), ("batch_size", "train")])
 def test_batch_larger_than_a_split_is_refused_before_any_step(ptb_root, tmp_path, key, split):
     with open(ptb_root / f"ptb.{split}.txt", encoding="utf-8") as f:
@@ -229,6 +271,31 @@ def test_batch_larger_than_a_split_is_refused_before_any_step(ptb_root, tmp_path
                             f"tokens, too few for one batch; allowed: 1 to {tokens // 2}")
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
 
+
+@pytest.mark.parametrize("override,message", [
+    ("data.seq_len=100000", "config error: data.seq_len=100000: the train split holds {train} "
+     "symbols, too few for one sequence; allowed: 1 to {smallest}"),
+    ("data.batch_size=100000", "config error: data.batch_size=100000: the train split holds "
+     "{sequences} sequences of data.seq_len, too few for one batch; allowed: 1 to {sequences}"),
+])
+def test_a_char_corpus_too_small_for_the_run_is_refused_in_one_line(ptb_char_root, tmp_path,
+                                                                    override, message):
+    """PTBCharData refused these in its constructor with a ValueError, which the run recorded
+    as failed (a traceback, final.json 'failed'); the CLI now says it in one line, exit 2."""
+    from bnrnn.data.ptb_char import PTBCharCorpus
+
+    corpus = PTBCharCorpus(root=str(ptb_char_root))
+    symbols = {s: corpus[s].numel() for s in ("train", "valid", "test")}
+    expected = message.format(train=symbols["train"], smallest=min(symbols.values()) - 1,
+                              sequences=(symbols["train"] - 1) // 100)
+    run_dir = tmp_path / "run"
+    p = cli(["experiment=grid_char_rnn", f"data.root={ptb_char_root}", "data.seq_len=100",
+             override, "model.hidden_size=8", "model.embedding_size=8", "device=cpu",
+             "quiet=true", f"hydra.run.dir={run_dir}"])
+    assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stderr
+    assert [line for line in p.stderr.splitlines() if line.strip() and "WARNING" not in line] == [
+        f"bnrnn: {expected}"]
+    assert not any((run_dir / f).exists() for f in ("final.json", "metrics.jsonl", "checkpoints"))
 
 def test_validate_data_names_a_missing_split():
     class Data:

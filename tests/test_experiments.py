@@ -14,7 +14,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from bnrnn.config import validate, validate_data
+from bnrnn.config import check_data_files, validate, validate_data
 from bnrnn.contracts import DIMS, DataModule, Model
 from bnrnn.data.download import md5sum
 from bnrnn.data.speech.batching import FEATURE_DIM
@@ -74,7 +74,8 @@ def test_experiment_builds_and_steps(experiment, ptb_root, ptb_char_root, libris
                     *data_overrides(experiment, fixtures, tmp_path)])
     assert cfg.name == experiment
     assert cfg.trainer.max_epochs >= 1 and cfg.trainer.protocol_epochs == cfg.trainer.max_epochs
-    validate(cfg)
+    # the fixture data is where the configuration says: nothing is refused before the run
+    check_data_files(validate(cfg))
     if experiment.startswith("speech_synthetic"):
         dims, batch = synthetic_speech_stand_in()
     else:

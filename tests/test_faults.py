@@ -20,7 +20,7 @@ from bnrnn import checkpoint, engine, io
 from bnrnn.checkpoint import CheckpointError
 from bnrnn.models.lm import WordLM
 from bnrnn.rundir import RunDirError, RunLock, config_changes
-from tests.helpers import REPO, cli, strip_times, train
+from tests.helpers import REPO, cli, corrupt_copy, strip_times, train
 
 TINY = ["experiment=ptb_small", "model.hidden_size=16", "data.limit_batches=4", "data.bptt=5",
         "data.batch_size=4", "quiet=true", "device=cpu", "trainer.check_every=1"]
@@ -173,6 +173,21 @@ def test_the_cli_refusal_is_one_line_and_touches_nothing(tiny, tmp_path):
     assert after == before  # .hydra/ included: the record of the finished run is intact
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_run_directory_that_is_a_file_is_refused_in_one_line(tiny, tmp_path, multirun):
+    """Hydra creates the run (sweep) directory before any of bnrnn's code runs: a file there
+    failed with Hydra's traceback of its mkdir."""
+    file = tmp_path / "final.json"
+    file.write_text("{}")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for target, what in ((file, "is a file"), (file / "run", f"lies under the file {file}")):
+        p = cli([*(["-m"] if multirun else []), *tiny, f"{key}={target}"])
+        assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stderr
+        assert [line for line in p.stderr.splitlines() if line.strip()] == [
+            f"bnrnn: {key}={target}: {what}, not a directory; choose another {key}"]
+    assert file.read_text() == "{}" and sorted(tmp_path.iterdir()) == [file]
+
+
 def test_two_processes_cannot_share_a_run_directory(tiny, tmp_path):
     lock = RunLock(tmp_path)  # another "process" holds the directory
     try:
@@ -218,30 +233,35 @@ def test_a_corrupt_checkpoint_is_one_clear_error_naming_the_file(tiny, tmp_path)
     assert "weights_only" not in p.stderr and "Traceback" not in p.stderr
 
 
-def test_a_failure_is_recorded_with_its_traceback(tiny, tmp_path):
+def test_a_failure_is_recorded_with_its_traceback(ptb_root, tmp_path):
     run_dir = tmp_path / "run"
-    # a missing data folder fails inside the run, after the directory is claimed
-    args = [a for a in TINY] + [f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+    # a corrupt data file fails inside the run, after the directory is claimed (a missing one
+    # is refused before: tests/test_config.py)
+    corrupt = corrupt_copy(ptb_root, tmp_path / "corrupt")
+    args = [a for a in TINY] + [f"data.root={corrupt}", "data.download=false",
                                 f"hydra.run.dir={run_dir}"]
     p = cli(args)
     assert p.returncode == 1
     final = _final(run_dir)
-    assert final["status"] == "failed" and "nowhere" in final["error"]
+    assert final["status"] == "failed" and "checksum mismatch" in final["error"]
+    assert str(corrupt) in final["error"]
     assert "Traceback" in (run_dir / "train.log").read_text()
 
 
 
 def test_a_resume_that_fails_before_continuing_leaves_the_record_as_it_was(tiny, tmp_path):
-    """A resume that cannot even start (its data root, which may change on resume, is wrong)
-    has not touched the run: the completed run's final.json (epochs, best, test) and .hydra/
-    stay byte for byte, never 'failed with 0 epochs'."""
-    train([*tiny, "trainer.max_epochs=1"], tmp_path)
-    before = _snapshot(tmp_path)
-    with pytest.raises(Exception, match="nowhere"):
-        train([*TINY, f"data.root={tmp_path / 'nowhere'}", "data.download=false",
-               "trainer.max_epochs=2", "resume=true"], tmp_path)
-    assert _snapshot(tmp_path) == before
-    assert _final(tmp_path)["status"] == "completed"
+    """A resume that cannot even start (its data root, which may change on resume, holds a
+    corrupt file) has not touched the run: the completed run's final.json (epochs, best, test)
+    and .hydra/ stay byte for byte, never 'failed with 0 epochs'."""
+    run_dir = tmp_path / "run"
+    train([*tiny, "trainer.max_epochs=1"], run_dir)
+    before = _snapshot(run_dir)
+    corrupt = corrupt_copy(Path(tiny[-1].split("=", 1)[1]), tmp_path / "corrupt")
+    with pytest.raises(Exception, match="checksum mismatch"):
+        train([*TINY, f"data.root={corrupt}", "data.download=false",
+               "trainer.max_epochs=2", "resume=true"], run_dir)
+    assert _snapshot(run_dir) == before
+    assert _final(run_dir)["status"] == "completed"
 
 
 # ---------------------------------------------------------------- signals

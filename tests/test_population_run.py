@@ -9,6 +9,7 @@ and reductions round differently from a single model's, by an ulp or so); a memb
 leaves the others bit-identical (float32) to a population without it.
 """
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from bnrnn.io import read_jsonl
 from bnrnn.population_run import without_population
 from bnrnn.report.runs import load_runs
 from bnrnn.train import run
-from tests.helpers import make_cfg, strip_times, train
+from tests.helpers import corrupt_copy, make_cfg, strip_times, train
 
 TIMES = {"epoch_time", "wall_time", "train_tokens_per_s", "tokens_per_s"}
 # what differs between a member and its single run by nature: when and how it was launched
@@ -319,19 +320,23 @@ def test_resume_continues_the_whole_population(char, char_lstm, optimizer, tmp_p
 
 
 def test_a_resume_that_fails_before_continuing_leaves_every_record_as_it_was(char, tmp_path):
-    """A population resume that cannot start (a wrong data root) leaves the members' final.json
-    and .hydra/ (and the population's) byte for byte: never 'failed with 0 epochs'."""
+    """A population resume that cannot start (its data root holds a corrupt file) leaves the
+    members' final.json and .hydra/ (and the population's) byte for byte: never 'failed with 0
+    epochs'."""
     pop = char + ["population.seeds=[1,2]"]
-    run(make_cfg(pop), tmp_path)
-    snapshot = lambda: {str(p.relative_to(tmp_path)): p.read_bytes()  # noqa: E731
-                        for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != ".lock"}
+    run_dir = tmp_path / "run"
+    run(make_cfg(pop), run_dir)
+    snapshot = lambda: {str(p.relative_to(run_dir)): p.read_bytes()  # noqa: E731
+                        for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lock"}
     before = snapshot()
+    root = next(o for o in pop if o.startswith("data.root=")).split("=", 1)[1]
+    corrupt = corrupt_copy(Path(root), tmp_path / "corrupt")
     moved = [o for o in pop if not o.startswith("data.root=")]
-    with pytest.raises(Exception, match="nowhere"):
-        run(make_cfg(moved + [f"data.root={tmp_path / 'nowhere'}", "data.download=false",
-                              "trainer.max_epochs=3", "resume=true"]), tmp_path)
+    with pytest.raises(Exception, match="checksum mismatch"):
+        run(make_cfg(moved + [f"data.root={corrupt}", "data.download=false",
+                              "trainer.max_epochs=3", "resume=true"]), run_dir)
     assert snapshot() == before
-    assert json.loads((member_dir(tmp_path, 0) / "final.json").read_text())["status"] == "completed"
+    assert json.loads((member_dir(run_dir, 0) / "final.json").read_text())["status"] == "completed"
 
 def test_a_members_record_leaves_resume_out(char):
     """resume=true is how one invocation continues a population, not part of any member's run:
@@ -354,6 +359,14 @@ def test_a_members_record_leaves_resume_out(char):
     (["population.seeds=3"], "population.seeds"),  # one value where a list belongs
     (["population.seeds=[1,2]", "population.trainer.clip_grad_norm=5"], "population.trainer.clip_grad_norm"),
     (["population.seeds=[1,2]", "model.norm_options.backend=native"], "model.norm_options.backend"),
+    (["population.seeds=[1,2]", "data.root=/nonexistent/ptb_char"], "data.root"),
+    # a member's value that only its own configuration refuses: named as the list it came from
+    (["population.seeds=[1,2]", "population.optim.momentum=[0.9,1.5]"],
+     r"population.optim.momentum=\[0.9, 1.5\]: member 1's value 1.5 must be a number in \[0, 1\)"),
+    (["population.seeds=[1,2]", "population.optim.dampening=[0,2]"],
+     r"population.optim.dampening=\[0, 2\]: member 1's value 2 must be a number in \[0, 1\]"),
+    (["population.seeds=[1,2]", "population.optim.nesterov=[false,true]", "optim.momentum=0"],
+     r"population.optim.nesterov=\[false, true\]: member 1's value true needs optim.momentum > 0"),
 ])
 def test_bad_population_configs_are_refused_before_any_work(char, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"config error: {key}"):

@@ -344,6 +344,18 @@ def test_collect_runs_never_overwrites_a_different_run_silently(tmp_path, capsys
 
 
 
+def test_collect_runs_refuses_a_dest_that_is_a_file_before_copying(tmp_path, capsys):
+    hydra_run(tmp_path / "sweep", "a")
+    file = tmp_path / "ptb.md"
+    file.write_text("table")
+    for dest, what in ((file, "is a file"), (file / "runs", f"lies under the file {file}")):
+        with pytest.raises(SystemExit) as e:
+            collect_runs.main([str(tmp_path / "sweep"), "--dest", str(dest)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--dest {dest} {what}; give a folder" in err and "Traceback" not in err
+    assert file.read_text() == "table"
+
 def test_collect_runs_replace_that_fails_midway_keeps_the_old_record_whole(tmp_path, monkeypatch):
     """--replace over a collected run, and the disk fills after the first file: the
     destination still holds the old run, every file of it, never the new final.json beside

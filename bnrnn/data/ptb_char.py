@@ -215,16 +215,27 @@ class PTBCharData:
         self.seq_len, self.seed, self.limit = seq_len, seed, limit_batches
         self.examples, self.crop = examples, crop
         self.batch_size = {"train": batch_size, "valid": eval_batch_size, "test": eval_batch_size}
+        # a configuration the corpus is too small for is a ConfigError naming the key, as
+        # bnrnn.config.validate_data words it (bnrnn.train reports it in one line, not as a
+        # failed run); imported here, since bnrnn.config imports this module
+        from bnrnn.config import ConfigError
+
+        sizes = {s: self.corpus[s].numel() for s in ("train", "valid", "test")}
+        for split, n in sizes.items():  # a sequence of L symbols needs L + 1 (its last target)
+            if n - 1 < seq_len:
+                raise ConfigError("data.seq_len", f"the {split} split holds {n} symbols, too few "
+                                  f"for one sequence; allowed: 1 to {min(sizes.values()) - 1}", seq_len)
         self.sequences = {s: cut_sequences(self.corpus[s], seq_len, examples) for s in ("train", "valid", "test")}
         if crop == "random":  # one sequence fewer leaves room for any offset below seq_len
             n = len(self.sequences["train"][0]) - 1
             if n < 1:
-                raise ValueError(f"PTBCharData: the training set holds too few sequences of "
-                                 f"{seq_len} for a random crop; use a smaller data.seq_len")
+                raise ConfigError("data.seq_len", "the train split holds one sequence of it, too "
+                                  "few for data.crop=random (which needs two); use a smaller "
+                                  "data.seq_len or data.crop=none", seq_len)
             self.sequences["train"] = tuple(t[:n] for t in self.sequences["train"])
-        if len(self.sequences["train"][0]) < batch_size:
-            raise ValueError(f"PTBCharData: the training set holds {len(self.sequences['train'][0])} "
-                             f"sequences of {seq_len}, fewer than batch_size={batch_size}")
+        if (n := len(self.sequences["train"][0])) < batch_size:
+            raise ConfigError("data.batch_size", f"the train split holds {n} sequences of "
+                              f"data.seq_len, too few for one batch; allowed: 1 to {n}", batch_size)
 
     @property
     def dims(self) -> dict:
