@@ -502,38 +502,16 @@ def check_device(c: Mapping, device) -> None:
                               f"reference loop here) or reference", "fused")
 
 
-def _data_files(data: Mapping) -> tuple[list[str], str] | None:
-    """The files a data configuration reads from ``data.root`` (or, without a root, from its
-    cache) and the key of that cache; None for a data class this does not know."""
-    target = data.get("_target_")
-    try:
-        if target == "bnrnn.data.ptb.PTBWordData":
-            from bnrnn.data.ptb import PTB_FILES
-            return [f.name for f in PTB_FILES.values()], "cache_dir"
-        if target == "bnrnn.data.ptb_char.PTBCharData":
-            from bnrnn.data.ptb_char import PTB_CHAR_FILES
-            return [f.name for f in PTB_CHAR_FILES.values()], "cache_dir"
-        if target == "bnrnn.data.speech.synthetic.SyntheticSpeechData":  # PTB's text
-            from bnrnn.data.ptb import PTB_FILES
-            from bnrnn.data.speech.synthetic import TEXT_SPLITS
-            splits = data.get("utterances") or TEXT_SPLITS
-            return [PTB_FILES[TEXT_SPLITS[s]].name for s in splits if s in TEXT_SPLITS], "text_cache_dir"
-        if target == "bnrnn.data.speech.librispeech.LibriSpeechData":
-            from bnrnn.data.speech.librispeech import LABELS_FILE, SPLIT_FILES
-            return ([f.name for f in SPLIT_FILES.values()] + [data.get("labels_file", LABELS_FILE)],
-                    "cache_dir")
-    except ImportError:  # an optional extra that is not installed: building the data says so
-        return None
-    return None
-
-
 def check_data_files(c: Mapping) -> None:
     """What the configuration asks of this machine's files, checked before the run directory is
     claimed: ``data.root`` is a directory holding the data's files, and without a root and with
     ``data.download=false`` the cache holds them (else the run would fail only once claimed,
     recorded as a failed run)."""
     data = c.get("data") or {}
-    known = _data_files(data)
+    known = None
+    if "_target_" in data:  # the data class says which files it reads (``local_files``)
+        local_files = _target_has(data, "local_files")[1]
+        known = local_files(data) if local_files is not None else None
     if data.get("audio_dir") is not None and not Path(data["audio_dir"]).expanduser().is_dir():
         raise ConfigError("data.audio_dir", "is not a directory; point it at LibriSpeech/"
                           "train-clean-100 (layout <spk>/<chapter>/<utt>.flac), or set "

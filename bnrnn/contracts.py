@@ -68,6 +68,11 @@ class StepOutput:
 
 @runtime_checkable
 class DataModule(Protocol):
+    """Batches of a dataset's splits for the trainer. Optionally a classmethod
+    ``local_files(data_cfg) -> (file names, cache key)``: the files it reads from ``data.root``
+    (else from ``data.<cache key>``), so that a root without them is refused before any work
+    (``bnrnn.config.check_data_files``)."""
+
     stateful: bool
 
     @property

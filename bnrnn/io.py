@@ -34,6 +34,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             os.unlink(tmp)
 
 
+def not_a_directory(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a directory, else None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -16,12 +16,14 @@ import copy
 import fcntl
 import json
 import os
+import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from bnrnn import checkpoint
-from bnrnn.io import write_text
+from bnrnn.io import not_a_directory, write_text
 
 # Keys (or key prefixes ending in ".") that say how long or where a run trains, not what it
 # computes: a resumed run may change them.
@@ -183,3 +185,24 @@ def write_hydra_files(run_dir: str | Path, cfg, overrides: list[str], hydra_cfg=
     write_text(d / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     if hydra_cfg is not None:
         write_text(d / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+
+
+class RunDirCheck(Callback):
+    """hydra.callbacks (configs/config.yaml): a run or sweep directory that cannot be one (it,
+    or a folder above it, is a file) is refused in one line, exit 2. Hydra creates the
+    directory before the task starts, and would fail there with a traceback."""
+
+    @staticmethod
+    def _check(key: str, value) -> None:
+        blocking = not_a_directory(Path(str(value)).expanduser())
+        if blocking is not None:
+            what = "is a file" if blocking == Path(str(value)).expanduser() else f"lies under the file {blocking}"
+            print(f"bnrnn: {key}={value}: {what}, not a directory; choose another {key}",
+                  file=sys.stderr)
+            raise SystemExit(2)  # Hydra passes SystemExit on (its callbacks warn on Exception)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check("hydra.sweep.dir", config.hydra.sweep.dir)

@@ -16,7 +16,6 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -203,35 +202,6 @@ def _record_failure(run_dir: Path, trainer: Trainer | None, info: dict, error: E
 
 # an absolute path, so `python -m bnrnn.train` works from any directory
 CONFIG_DIR = str(_CONFIG_DIR)
-
-
-def _not_a_directory(path: Path) -> Path | None:
-    """The first of ``path`` and its parents that exists and is not a directory, else None."""
-    for p in (path, *path.parents):
-        if p.exists():
-            return None if p.is_dir() else p
-    return None
-
-
-class RunDirCheck(Callback):
-    """hydra.callbacks (configs/config.yaml): a run or sweep directory that cannot be one (it,
-    or a folder above it, is a file) is refused in one line, exit 2. Hydra creates the
-    directory before the task starts, and would fail there with a traceback."""
-
-    @staticmethod
-    def _check(key: str, value) -> None:
-        blocking = _not_a_directory(Path(str(value)).expanduser())
-        if blocking is not None:
-            what = "is a file" if blocking == Path(str(value)).expanduser() else f"lies under the file {blocking}"
-            print(f"bnrnn: {key}={value}: {what}, not a directory; choose another {key}",
-                  file=sys.stderr)
-            raise SystemExit(2)  # Hydra passes SystemExit on (its callbacks warn on Exception)
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check("hydra.run.dir", config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check("hydra.sweep.dir", config.hydra.sweep.dir)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from bnrnn.io import atomic_write  # noqa: E402
+from bnrnn.io import atomic_write, not_a_directory  # noqa: E402
 from bnrnn.report.runs import MECHANICS, Run, RunError, extra_overrides, load_run, load_runs  # noqa: E402
 
 FILES = ("final.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml")
@@ -140,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{src} is not a directory")
     # the nearest existing part of --dest must be a folder: a file there would fail only at the
     # first copy, with a traceback
-    existing = next((p for p in (args.dest, *args.dest.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        what = "is a file" if existing == args.dest else f"lies under the file {existing}"
+    if (blocking := not_a_directory(args.dest)) is not None:
+        what = "is a file" if blocking == args.dest else f"lies under the file {blocking}"
         parser.error(f"--dest {args.dest} {what}; give a folder (e.g. results/runs/<family>)")
     try:
         rows = collect(args.sources, args.dest, args.layout, args.replace, args.dry_run)

@@ -6,7 +6,7 @@ torchtext and Chainer download (MD5s below).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -113,6 +113,12 @@ class PTBWordData:
     """
 
     stateful = True
+
+    @classmethod
+    def local_files(cls, data: Mapping) -> tuple[list[str], str]:
+        """The files a configuration ``data`` reads from its ``root`` (or, without one, from the
+        cache it names second), for ``bnrnn.config.check_data_files`` before any work."""
+        return [f.name for f in PTB_FILES.values()], "cache_dir"
 
     def __init__(self, root: str | None = None, cache_dir: str = "~/.cache/bnrnn/ptb",
                  download: bool = True, batch_size: int = 32, bptt: int = 20,

@@ -39,7 +39,7 @@ order is our inference, not something read from a file.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +198,12 @@ class PTBCharData:
     """
 
     stateful = False
+
+    @classmethod
+    def local_files(cls, data: Mapping) -> tuple[list[str], str]:
+        """The files a configuration ``data`` reads from its ``root`` (or, without one, from the
+        cache it names second), for ``bnrnn.config.check_data_files`` before any work."""
+        return [f.name for f in PTB_CHAR_FILES.values()], "cache_dir"
 
     def __init__(self, root: str | None = None, cache_dir: str = "~/.cache/bnrnn/ptb_char",
                  download: bool = True, seq_len: int = 100, batch_size: int = 32,

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,12 @@ class LibriSpeechData(SpeechData):
             :class:`SpeechData`.
         progress: progress bar while features are computed.
     """
+
+    @classmethod
+    def local_files(cls, data: Mapping) -> tuple[list[str], str]:
+        """The files a configuration ``data`` reads from its ``root`` (or, without one, from the
+        cache it names second), for ``bnrnn.config.check_data_files`` before any work."""
+        return [f.name for f in SPLIT_FILES.values()] + [data.get("labels_file", LABELS_FILE)], "cache_dir"
 
     def __init__(self, root: str | None = None, audio_dir: str | None = None,
                  cache_dir: str = "~/.cache/bnrnn/librispeech", download: bool = True,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,13 @@ class SyntheticSpeechData(SpeechData):
             :class:`SpeechData` (``batch_seed`` seeds the bucketing shuffle).
         progress: progress bar while generating.
     """
+
+    @classmethod
+    def local_files(cls, data: Mapping) -> tuple[list[str], str]:
+        """The files a configuration ``data`` reads from its ``root`` (PTB's text; without one, from the
+        cache it names second), for ``bnrnn.config.check_data_files`` before any work."""
+        splits = data.get("utterances") or TEXT_SPLITS
+        return [PTB_FILES[TEXT_SPLITS[s]].name for s in splits if s in TEXT_SPLITS], "text_cache_dir"
 
     def __init__(self, root: str | None = None, cache_dir: str = "~/.cache/bnrnn/synthetic_speech",
                  text_cache_dir: str = "~/.cache/bnrnn/ptb",
