@@ -210,6 +210,9 @@ def test_ablation_section_from_runs_names_missing_and_thin_cells(tmp_path):
     assert "Missing cells (n=0): laurent_text + trainer.clip_grad_norm=5." in text
     assert "Fewer than 3 seeds, so not yet evidence: laurent_text (n=1)." in text
     assert "Path 2" not in text  # its first cell is missing
+    # the two protocols evaluate on 32 and 10 streams, which moves the authors' metric itself
+    assert "evaluation streams 32 vs 10" in text
+    assert "only the 32-stream cells' compare with the paper's number" in text
 
 
 def test_diverged_and_shortened_runs_are_never_averaged_in(tmp_path):
