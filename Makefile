@@ -46,7 +46,11 @@ data_root = $(if $(DATA),data.root=$(abspath $(DATA))/$(1),)
 # One sweep directory per `make` invocation (nanoseconds), so the collect step takes exactly it.
 PTB_SWEEP := multirun/reproduce_ptb/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
 # PROTOCOL=laurent_code|zaremba: another protocol than the paper's text (configs/protocol/).
-PTB_SWEEP_ARGS = -m +sweep=ptb seed=$(shell seq -s, 1 $(SEEDS)) device=$(DEVICE) quiet=true \
+# POPULATION=1: each size x variant trains its SEEDS seeds side by side as one population (one
+# process, docs/population.md; members in <job>/seed<k>/): faster on a GPU, slower on a CPU.
+PTB_SEEDS = $(if $(POPULATION),'population.seeds=[$(shell seq -s, 1 $(SEEDS))]' \
+              "population.member_dir='seed{seed}'",seed=$(shell seq -s, 1 $(SEEDS)))
+PTB_SWEEP_ARGS = -m +sweep=ptb $(PTB_SEEDS) device=$(DEVICE) quiet=true \
                  hydra.sweep.dir=$(PTB_SWEEP) $(call data_root,ptb) \
                  $(if $(PROTOCOL),protocol=$(PROTOCOL),) $(ARGS)
 

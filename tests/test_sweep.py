@@ -11,7 +11,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from tests.helpers import CONFIG_DIR, REPO
+from tests.helpers import CONFIG_DIR, REPO, make_cfg
 
 
 def hydra_cfg(overrides: list[str]):
@@ -43,6 +43,28 @@ def test_ptb_sweep_small_row_with_seeds():
     assert len(jobs) == 12 and {j["experiment"] for j in jobs} == {"ptb_small"}
     assert sorted({j["seed"] for j in jobs}) == ["1", "2", "3"]
     assert all(j["device"] == "cpu" for j in jobs)
+
+
+def test_make_population_trains_each_variant_s_seeds_as_one_population():
+    """`make reproduce-ptb-small SEEDS=3 POPULATION=1`: one job per variant, each a population
+    of the three seeds with one run directory per seed."""
+    import shlex
+
+    from bnrnn import population_run
+
+    p = subprocess.run(["make", "-n", "reproduce-ptb-small", "SEEDS=3", "POPULATION=1"], cwd=REPO,
+                       capture_output=True, text=True, check=True)
+    line = next(line for line in p.stdout.splitlines() if "bnrnn.train" in line)
+    words = shlex.split(line)
+    after = words[words.index("bnrnn.train") + 1:]  # -m +sweep=ptb <overrides>
+    assert after[:2] == ["-m", "+sweep=ptb"]
+    command_line = after[2:]
+    jobs = sweep_jobs(command_line)
+    assert len(jobs) == 4 and {j["model.norm"] for j in jobs} == {"none", "bn_input", "bn_recurrent", "ln"}
+    assert all(j["population.seeds"] == "[1,2,3]" for j in jobs)
+    job = [f"{k}={v}" for k, v in jobs[0].items() if not k.startswith("hydra.")]
+    members = population_run.plan(make_cfg(job), job)
+    assert [(m.seed, m.dir) for m in members] == [(1, "seed1"), (2, "seed2"), (3, "seed3")]
 
 
 def test_sweep_directories_never_collide():
